@@ -1,0 +1,1 @@
+"""The daemon: sources, windowing, inference, summaries, uplink and the local API."""

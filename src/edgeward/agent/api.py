@@ -1,0 +1,214 @@
+"""The local API: HTTP/1.1 with JSON bodies on a Unix socket.
+
+Every reply has a status code and a JSON body. A malformed request gets an
+error reply and the server goes on serving. Reads use their own database
+connection, shared by the handler threads under a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from edgeward.agent.timeparse import parse_since
+from edgeward.store.queries import DEFAULT_LIMIT, MAX_LIMIT, query_results, query_summaries
+
+log = logging.getLogger(__name__)
+
+
+class BadRequest(Exception):
+    """A request parameter is invalid; the message is sent to the client."""
+
+
+class ApiServer:
+    """Serve the API on a Unix socket from a thread of its own."""
+
+    def __init__(
+        self,
+        socket_path: Path,
+        read_connection: Any,
+        status: Callable[[], dict[str, Any]],
+        socket_mode: int = 0o660,
+        request_timeout: float = 5.0,
+        max_request_bytes: int = 65536,
+    ) -> None:
+        self.socket_path = socket_path
+        self._connection = read_connection
+        self._lock = threading.Lock()
+        self._status = status
+        self._mode = socket_mode
+        self._server = _UnixHttpServer(str(socket_path), _make_handler(self, request_timeout, max_request_bytes))
+        self._thread = threading.Thread(target=self._server.serve_forever, name="edgeward-api", daemon=True)
+
+    def start(self) -> None:
+        os.chmod(self.socket_path, self._mode)
+        self._thread.start()
+        log.info("local API listening on %s", self.socket_path)
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def route(self, method: str, target: str) -> tuple[int, dict[str, Any]]:
+        """Answer one request: (HTTP status, JSON body)."""
+        parts = urlsplit(target)
+        routes = {
+            "/v1/status": self._get_status,
+            "/v1/results": self._get_results,
+            "/v1/summaries": self._get_summaries,
+        }
+        handler = routes.get(parts.path)
+        if handler is None:
+            return 404, {"error": f"no route {parts.path}; available: {', '.join(sorted(routes))}"}
+        if method != "GET":
+            return 405, {"error": f"method {method} is not allowed on {parts.path}; use GET"}
+        try:
+            query = _single_values(parse_qs(parts.query, keep_blank_values=True, strict_parsing=False))
+            return 200, handler(query)
+        except BadRequest as error:
+            return 400, {"error": str(error)}
+
+    def _get_status(self, query: dict[str, str]) -> dict[str, Any]:
+        _allow(query, set())
+        return self._status()
+
+    def _get_results(self, query: dict[str, str]) -> dict[str, Any]:
+        _allow(query, {"stream", "since", "limit"})
+        stream, since, limit = _stream_since_limit(query)
+        with self._lock:
+            rows = query_results(self._connection, stream, since, limit)
+        return {"results": rows, "count": len(rows)}
+
+    def _get_summaries(self, query: dict[str, str]) -> dict[str, Any]:
+        _allow(query, {"stream", "since", "limit"})
+        stream, since, limit = _stream_since_limit(query)
+        with self._lock:
+            rows = query_summaries(self._connection, stream, since, limit)
+        return {"summaries": rows, "count": len(rows)}
+
+
+class _UnixHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        path = Path(self.server_address)  # type: ignore[arg-type]
+        if path.exists() or path.is_symlink():
+            _remove_stale_socket(path)
+        super().server_bind()
+
+
+def _remove_stale_socket(path: Path) -> None:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise OSError(f"another process is serving {path}; stop it or set api.socket to another path")
+
+
+def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "edgeward"
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            self.timeout = timeout
+            super().setup()
+
+        def address_string(self) -> str:
+            return "unix-socket"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("api: " + format, *args)
+
+        def do_GET(self) -> None:
+            self._answer("GET")
+
+        def do_POST(self) -> None:
+            self._answer("POST")
+
+        def do_PUT(self) -> None:
+            self._answer("PUT")
+
+        def do_DELETE(self) -> None:
+            self._answer("DELETE")
+
+        def _answer(self, method: str) -> None:
+            length = self.headers.get("Content-Length", "0")
+            if not length.isdigit() or int(length) > max_bytes:
+                self._send(413, {"error": f"request body must be at most {max_bytes} bytes"})
+                return
+            if int(length):
+                self.rfile.read(int(length))
+            try:
+                status, body = api.route(method, self.path)
+            except Exception as error:
+                log.exception("api: %s %s failed", method, self.path)
+                status, body = 500, {"error": f"internal error: {error}"}
+            self._send(status, body)
+
+        def _send(self, status: int, body: dict[str, Any]) -> None:
+            data = (json.dumps(body, indent=None, separators=(",", ":")) + "\n").encode()
+            self.send_response(status, HTTPStatus(status).phrase)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+            # Errors found by http.server itself (a bad request line, say) get a JSON body too.
+            self.close_connection = True
+            self._send(code, {"error": message or HTTPStatus(code).phrase})
+
+    return Handler
+
+
+def _single_values(query: dict[str, list[str]]) -> dict[str, str]:
+    result = {}
+    for key, values in query.items():
+        if len(values) != 1:
+            raise BadRequest(f"parameter {key!r} is given {len(values)} times; give it once")
+        result[key] = values[0]
+    return result
+
+
+def _allow(query: dict[str, str], allowed: set[str]) -> None:
+    unknown = sorted(set(query) - allowed)
+    if unknown:
+        names = ", ".join(sorted(allowed)) or "none"
+        raise BadRequest(f"unknown parameter {unknown[0]!r}; allowed: {names}")
+
+
+def _stream_since_limit(query: dict[str, str]) -> tuple[str | None, float | None, int]:
+    stream = query.get("stream") or None
+    since = None
+    if query.get("since"):
+        try:
+            since = parse_since(query["since"])
+        except ValueError as error:
+            raise BadRequest(f"since: {error}") from None
+    limit = DEFAULT_LIMIT
+    if "limit" in query:
+        text = query["limit"]
+        if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+            raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}, got {text!r}")
+        limit = int(text)
+    return stream, since, limit

@@ -1,0 +1,198 @@
+"""The daemon's wiring: start the parts in order, stop them in reverse.
+
+Start: load models, open the database, start the writer, the streams, the
+uplink and the API, then tell systemd READY=1. Stop (SIGTERM, SIGINT, the
+end of every replay with --until-done, or --duration): stop the sources,
+let each stream flush its open summary, commit everything queued, then close.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgeward import __version__
+from edgeward.agent import systemd
+from edgeward.agent.api import ApiServer
+from edgeward.agent.inference import Model
+from edgeward.agent.runtime import resolve_runtime
+from edgeward.agent.sources import source_channels
+from edgeward.agent.stream import StreamWorker
+from edgeward.agent.uplink import Uplink
+from edgeward.config.schema import Config
+from edgeward.config.validate import check_config
+from edgeward.errors import ConfigError, ShapeMismatchError
+from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
+from edgeward.store.database import open_database
+from edgeward.store.queries import count_rows, last_sequences
+from edgeward.store.writer import Writer
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def load_models(config: Config) -> list[Model]:
+    """Load and check every stream's model; raise ConfigError naming the stream and model."""
+    runtime = resolve_runtime(config.runtime.tflite)
+    models = []
+    for index, stream in enumerate(config.streams):
+        key = config.where(f"streams[{index}].model.path")
+        try:
+            model = Model(stream.model, runtime, stream.normalize, config.runtime.threads)
+            model.check_window(stream.window.size, source_channels(stream.source))
+        except ShapeMismatchError as error:
+            raise ConfigError(f"{config.where(f'streams[{index}].window')}: stream {stream.name}: {error}") from error
+        except ConfigError as error:
+            raise type(error)(f"{key}: stream {stream.name}: {error}") from error
+        models.append(model)
+    return models
+
+
+@dataclass
+class RunOptions:
+    """How long to run: until a signal, for a duration, or until every replay ends."""
+
+    duration: float | None = None
+    until_done: bool = False
+    extra_status: dict[str, Any] = field(default_factory=dict)
+
+
+class Daemon:
+    """The running daemon. Construct, then call run()."""
+
+    def __init__(self, config: Config, options: RunOptions | None = None) -> None:
+        self.config = config
+        self.options = options or RunOptions()
+        self._stop = threading.Event()
+        self._started_at = time.time()
+        self.workers: list[StreamWorker] = []
+        self.writer: Writer | None = None
+        self.uplink: Uplink | None = None
+        self.api: ApiServer | None = None
+        self._connections: list[Any] = []
+
+    def run(self) -> int:
+        """Start everything, wait for a stop request, stop everything. Returns the exit code."""
+        check_config(self.config)
+        models = load_models(self.config)
+        self._install_signal_handlers()
+        try:
+            self._start(models)
+            systemd.notify("READY=1")
+            log.info("edgeward %s running with %d streams", __version__, len(self.workers))
+            self._wait()
+        finally:
+            systemd.notify("STOPPING=1")
+            self._shutdown()
+        return 0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def status(self) -> dict[str, Any]:
+        counts: dict[str, Any] = {}
+        if self._connections:
+            counts = count_rows(self._status_connection)
+        writer = self.writer
+        return {
+            "version": __version__,
+            "device_id": self.config.device_id,
+            "pid": os.getpid(),
+            "uptime": time.time() - self._started_at,
+            "database": str(self.config.database.path),
+            "streams": {w.name: w.status() for w in self.workers},
+            "store": {
+                **counts,
+                "writer_queue": writer.queued if writer else 0,
+                "committed_results": writer.counters.results if writer else 0,
+                "committed_summaries": writer.counters.summaries if writer else 0,
+                "failed_transactions": writer.counters.failed_transactions if writer else 0,
+            },
+            "mqtt": self.uplink.status() if self.uplink else {"enabled": False},
+        }
+
+    def _start(self, models: list[Model]) -> None:
+        config = self.config
+        master = load_master_key(config.database.key_file, create=config.database.create_key)
+        key = derive_key(master, DATABASE_KEY_INFO)
+
+        write_connection = open_database(config.database.path, key, writer=True)
+        self._connections.append(write_connection)
+        self.writer = Writer(write_connection, config.database.batch_size, config.database.batch_interval)
+        self.writer.start()
+
+        sequences = last_sequences(write_connection)
+        for stream, model in zip(config.streams, models):
+            self.workers.append(StreamWorker(config, stream, model, self.writer, sequences.get(stream.name, 0)))
+
+        self._status_connection = self._reader(key)
+        self.api = ApiServer(
+            config.api.socket, self._reader(key), self.status, config.api.socket_mode,
+            config.api.request_timeout, config.api.max_request_bytes,
+        )
+        self.api.start()
+
+        if config.mqtt.enabled:
+            self.uplink = Uplink(config.mqtt, config.device_id, self._reader(key), self.writer)
+            self.uplink.start()
+
+        for worker in self.workers:
+            worker.start()
+
+    def _reader(self, key: bytes) -> Any:
+        connection = open_database(self.config.database.path, key)
+        self._connections.append(connection)
+        return connection
+
+    def _wait(self) -> None:
+        deadline = time.monotonic() + self.options.duration if self.options.duration else None
+        ping_every = systemd.watchdog_interval()
+        tick = min(1.0, ping_every) if ping_every else 1.0
+
+        while not self._stop.wait(tick):
+            if ping_every and self._healthy():
+                systemd.notify("WATCHDOG=1")
+            if deadline is not None and time.monotonic() >= deadline:
+                log.info("run time of %.0f s is over; stopping", self.options.duration)
+                return
+            if self.options.until_done and all(w.finished.is_set() for w in self.workers):
+                log.info("every source has ended; stopping")
+                return
+        log.info("stop requested; draining queues")
+
+    def _healthy(self) -> bool:
+        # The watchdog is fed only while the writer thread can still commit;
+        # a stalled writer gets the service restarted.
+        return self.writer is not None and self.writer.flush(timeout=5.0)
+
+    def _shutdown(self) -> None:
+        for worker in self.workers:
+            worker.request_stop()
+        for worker in self.workers:
+            worker.join()
+        if self.writer is not None:
+            self.writer.flush()
+        if self.uplink is not None:
+            self.uplink.stop()
+        if self.api is not None:
+            self.api.stop()
+        if self.writer is not None:
+            self.writer.stop()
+            log.info(
+                "committed %d results and %d summaries", self.writer.counters.results,
+                self.writer.counters.summaries,
+            )
+        for connection in reversed(self._connections):
+            connection.close()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, lambda number, frame: self._stop.set())

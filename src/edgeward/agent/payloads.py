@@ -1,0 +1,50 @@
+"""MQTT topics and payloads of the uplink.
+
+A summary payload is versioned JSON. `message_id` is unique per message and
+`seq` increases by one per stream, so a receiver can drop the duplicates that
+QoS 1 (at-least-once) delivery allows and notice a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from edgeward.agent.summaries import Summary
+
+PAYLOAD_VERSION = 1
+
+
+def summary_topic(prefix: str, device_id: str, stream: str) -> str:
+    return f"{prefix}/{device_id}/summary/{stream}"
+
+
+def status_topic(prefix: str, device_id: str) -> str:
+    return f"{prefix}/{device_id}/status"
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def summary_payload(
+    summary: Summary, device_id: str, data_class: str, seq: int, message_id: str, model_sha256: str
+) -> bytes:
+    body = {
+        "v": PAYLOAD_VERSION,
+        "type": "summary",
+        "message_id": message_id,
+        "device_id": device_id,
+        "stream": summary.stream,
+        "data_class": data_class,
+        "seq": seq,
+        "period_start": summary.period_start,
+        "period_end": summary.period_end,
+        "windows": summary.windows,
+        "label_counts": summary.label_counts,
+        "mean_score": summary.mean_score,
+        "max_score": summary.max_score if summary.windows else None,
+        "anomalies": summary.anomalies,
+        "model_sha256": model_sha256,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()

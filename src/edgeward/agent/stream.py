@@ -1,0 +1,144 @@
+"""One stream's worker thread: source, bad-input filter, windows, model, results and summaries."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from edgeward.agent.inference import Model
+from edgeward.agent.payloads import new_message_id, summary_payload, summary_topic
+from edgeward.agent.sanitize import SampleFilter
+from edgeward.agent.sources import SegmentBreak, open_source, source_channels
+from edgeward.agent.summaries import Summary, SummaryAggregator
+from edgeward.agent.windowing import Windower
+from edgeward.config.schema import Config, StreamConfig
+from edgeward.errors import InferenceError
+from edgeward.ratelimit import RateLimitedLog
+from edgeward.store.rows import ResultRow, SummaryRow
+from edgeward.store.writer import Writer
+
+log = logging.getLogger(__name__)
+
+
+class StreamWorker:
+    """Run one stream from its source to the writer queue in a thread of its own."""
+
+    def __init__(
+        self, config: Config, stream: StreamConfig, model: Model, writer: Writer, last_seq: int
+    ) -> None:
+        self.stream = stream
+        self.name = stream.name
+        self.model = model
+        self._writer = writer
+        self._device_id = config.device_id
+        self._topic = summary_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
+        self._seq = last_seq
+
+        channels = source_channels(stream.source)
+        self.filter = SampleFilter(stream.name, stream.bad_input, channels)
+        self._source = open_source(stream.source, self.filter)
+        self._windower = Windower(stream.window.size, stream.window.hop, channels)
+        self._aggregator = SummaryAggregator(stream.name, config.summaries.interval)
+        self._errors = RateLimitedLog(log, stream.bad_input.log_interval)
+
+        self.finished = threading.Event()
+        self.last_result_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"edgeward-stream-{stream.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def status(self) -> dict[str, Any]:
+        counters = self.filter.counters
+        return {
+            "source": self.stream.source.type,
+            "model": str(self.model.path),
+            "model_sha256": self.model.sha256,
+            "runtime": self.model.runtime,
+            "data_class": self.stream.data_class,
+            "finished": self.finished.is_set(),
+            "samples": counters.samples,
+            "windows": counters.windows,
+            "skipped_samples": counters.skipped_samples,
+            "filled_samples": counters.filled_samples,
+            "malformed_lines": counters.malformed_lines,
+            "missing_values": counters.missing_values,
+            "nonfinite_values": counters.nonfinite_values,
+            "time_regressions": counters.time_regressions,
+            "inference_errors": counters.inference_errors,
+            "summaries": self._seq,
+            "last_result_at": self.last_result_at,
+        }
+
+    def _run(self) -> None:
+        log.info("stream %s started (source %s, model %s)", self.name, self.stream.source.type, self.model.path)
+        try:
+            for chunk in self._source.chunks(self._stop):
+                if isinstance(chunk, SegmentBreak):
+                    self._windower.reset()
+                    continue
+                times, values = chunk
+                self._process(self._windower.push(times, values))
+        except Exception:
+            log.exception("stream %s stopped on an unexpected error", self.name)
+        finally:
+            self._emit(self._aggregator.flush())
+            self.finished.set()
+            log.info("stream %s stopped after %d windows", self.name, self.filter.counters.windows)
+
+    def _process(self, windows: list[tuple[float, np.ndarray[Any, Any]]]) -> None:
+        if not windows:
+            return
+        rows = []
+        closed: list[Summary | None] = []
+        for ts, window in windows:
+            try:
+                prediction = self.model.predict(window)
+            except InferenceError as error:
+                self.filter.counters.inference_errors += 1
+                self._errors.warning("inference", "stream %s: window skipped: %s", self.name, error)
+                continue
+            self.filter.counters.windows += 1
+            rows.append(
+                ResultRow(
+                    self.name, self.stream.data_class, ts, self.model.sha256, prediction.label,
+                    prediction.score, prediction.anomaly, json.dumps(prediction.outputs), prediction.raw_output,
+                )
+            )
+            closed.append(self._aggregator.add(ts, prediction.label, prediction.score, prediction.anomaly))
+        if rows:
+            self._writer.put(rows)
+            self.last_result_at = time.time()
+        # Queued after the results they count, so they commit in the same or a later batch.
+        for summary in closed:
+            self._emit(summary)
+
+    def _emit(self, summary: Summary | None) -> None:
+        if summary is None:
+            return
+        self._seq += 1
+        message_id = new_message_id()
+        data_class = self.stream.summary_class
+        payload = summary_payload(summary, self._device_id, data_class, self._seq, message_id, self.model.sha256)
+        self._writer.put(
+            SummaryRow(
+                stream=self.name, data_class=data_class, seq=self._seq,
+                period_start=summary.period_start, period_end=summary.period_end,
+                windows=summary.windows, label_counts=json.dumps(summary.label_counts, sort_keys=True),
+                mean_score=summary.mean_score, max_score=summary.max_score if summary.windows else 0.0,
+                anomalies=summary.anomalies, model_sha256=self.model.sha256, created_at=time.time(),
+                message_id=message_id, topic=self._topic, payload=payload,
+            )
+        )

@@ -1,0 +1,193 @@
+"""MQTT uplink: publish the outbox with QoS 1 and mark rows sent on their PUBACK.
+
+Store-and-forward: a summary is in the outbox before it is published, and its
+row is marked sent only when the broker acknowledges it. paho re-sends
+in-flight messages after a reconnect; rows never handed to paho, or left
+unacknowledged when the daemon stopped, are published again on the next
+start. A receiver drops duplicates by message_id.
+
+paho calls on_publish while holding its own lock, so the callback only queues
+the message id; this thread maps ids to rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edgeward.agent.payloads import status_topic
+from edgeward.config.schema import MqttConfig
+from edgeward.store.queries import unsent_page
+from edgeward.store.rows import MarkSent
+from edgeward.store.writer import Writer
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL = 0.5
+SESSION_EXPIRY = 7 * 86400
+
+
+class Uplink:
+    """Own the MQTT client and the thread that drains the outbox."""
+
+    def __init__(self, config: MqttConfig, device_id: str, read_connection: Any, writer: Writer) -> None:
+        self._config = config
+        self._device_id = device_id
+        self._connection = read_connection
+        self._writer = writer
+        self._status_topic = status_topic(config.topic_prefix, device_id)
+
+        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
+        self._inflight: dict[int, int] = {}
+        self._last_handed = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="edgeward-uplink", daemon=True)
+
+        self.connected = False
+        self.last_error: str | None = None
+        self.published = 0
+        self.acknowledged = 0
+        self.connects = 0
+        self._client = self._make_client()
+
+    def start(self) -> None:
+        config = self._config
+        log.info("connecting to MQTT broker %s:%d as %s", config.host, config.port, self._client_id)
+        properties = None
+        if config.protocol == "5":
+            properties = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = SESSION_EXPIRY
+            self._client.connect_async(
+                config.host, config.port, config.keepalive, clean_start=False, properties=properties
+            )
+        else:
+            self._client.connect_async(config.host, config.port, config.keepalive)
+        self._client.loop_start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        self._drain_acks()
+        if self.connected:
+            info = self._client.publish(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
+            info.wait_for_publish(timeout=2.0)
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "broker": f"{self._config.host}:{self._config.port}",
+            "connected": self.connected,
+            "connects": self.connects,
+            "published": self.published,
+            "acknowledged": self.acknowledged,
+            "in_flight": len(self._inflight),
+            "last_error": self.last_error,
+        }
+
+    @property
+    def _client_id(self) -> str:
+        return self._config.client_id or self._device_id
+
+    def _make_client(self) -> mqtt.Client:
+        config = self._config
+        protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=protocol,
+            clean_session=False if protocol == mqtt.MQTTv311 else None,
+        )
+        client.max_inflight_messages_set(config.max_inflight)
+        client.reconnect_delay_set(int(max(1, config.reconnect_min)), int(max(1, config.reconnect_max)))
+        client.will_set(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
+        client.enable_logger(logging.getLogger("edgeward.agent.paho"))
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    def _status_payload(self, state: str) -> bytes:
+        return json.dumps({"device_id": self._device_id, "state": state, "ts": time.time()}).encode()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+        if reason.is_failure:
+            self.connected = False
+            self.last_error = f"connection refused: {reason}"
+            log.error("MQTT broker %s:%d refused the connection: %s", self._config.host, self._config.port, reason)
+            return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):
+            # Nagle's algorithm delays small QoS 1 messages by tens of milliseconds.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.connected = True
+        self.connects += 1
+        self.last_error = None
+        log.info("connected to MQTT broker %s:%d", self._config.host, self._config.port)
+        client.publish(self._status_topic, self._status_payload("online"), qos=1, retain=True)
+        self._wake.set()
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
+        was_connected = self.connected
+        self.connected = False
+        if not self._stop.is_set():
+            self.last_error = f"disconnected: {reason}"
+            if was_connected:
+                log.warning("lost the MQTT broker connection (%s); reconnecting", reason)
+
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+        self._acks.put(mid)
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._drain_acks()
+            handed = 0
+            if self.connected and len(self._inflight) < self._config.max_inflight:
+                handed = self._publish_page()
+            if handed == 0:
+                self._wake.wait(IDLE_POLL)
+                self._wake.clear()
+
+    def _publish_page(self) -> int:
+        room = min(self._config.page_size, self._config.max_inflight - len(self._inflight))
+        rows = unsent_page(self._connection, self._last_handed, room)
+        handed = 0
+        for outbox_id, topic, payload in rows:
+            info = self._client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                # Not connected after all: paho keeps the message queued and sends
+                # it on reconnect, so it counts as handed over.
+                log.debug("publish of outbox row %d queued by paho (rc %d)", outbox_id, info.rc)
+            self._inflight[info.mid] = outbox_id
+            self._last_handed = outbox_id
+            self.published += 1
+            handed += 1
+        return handed
+
+    def _drain_acks(self) -> None:
+        acked = []
+        while True:
+            try:
+                mid = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            outbox_id = self._inflight.pop(mid, None)
+            if outbox_id is not None:
+                acked.append(outbox_id)
+        if acked:
+            self.acknowledged += len(acked)
+            self._writer.put(MarkSent(acked, time.time()))

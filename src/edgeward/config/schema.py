@@ -1,0 +1,208 @@
+"""Typed configuration model.
+
+Each dataclass is one YAML mapping. Field names are the YAML keys; the
+loader rejects keys that are not fields here. Defaults live here and only
+here. Durations accept seconds as a number or a string such as "90s",
+"10m" or "2h".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+# A float field marked as a duration also accepts "90s", "10m", "2h" or "1d".
+Duration = Annotated[float, "duration"]
+
+
+@dataclass
+class DatabaseConfig:
+    """The encrypted SQLCipher database and its writer."""
+
+    path: Path = Path("/var/lib/edgeward/edgeward.db")
+    key_file: Path = Path("/etc/edgeward/master.key")
+    # Create a missing key file (mode 0600). Meant for demos and tests only:
+    # a production device gets its key at install time.
+    create_key: bool = False
+    batch_size: int = 256
+    batch_interval: Duration = 0.2
+
+
+@dataclass
+class ApiConfig:
+    """The local HTTP/JSON API on a Unix socket."""
+
+    socket: Path = Path("/run/edgeward/api.sock")
+    socket_mode: int = 0o660
+    max_request_bytes: int = 65536
+    request_timeout: Duration = 5.0
+
+
+@dataclass
+class MqttConfig:
+    """The uplink broker."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 1883
+    client_id: str | None = None
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive: int = 30
+    topic_prefix: str = "edgeward/v1"
+    max_inflight: int = 20
+    page_size: int = 100
+    reconnect_min: Duration = 1.0
+    reconnect_max: Duration = 60.0
+
+
+@dataclass
+class RuntimeConfig:
+    """Which TFLite runtime runs the models."""
+
+    tflite: Literal["auto", "litert", "tflite-runtime"] = "auto"
+    threads: int = 1
+
+
+@dataclass
+class DataClassConfig:
+    """A class of stored data and the rules that apply to it."""
+
+    tier: Literal["public", "internal", "confidential", "restricted"] = "internal"
+    retention: Duration = 30 * 86400.0
+    may_leave_device: bool = False
+
+
+@dataclass
+class SyntheticSourceConfig:
+    """The deterministic synthetic signal with injected anomalies."""
+
+    type: Literal["synthetic"] = "synthetic"
+    seed: int = 1
+    channels: int = 3
+    rate_hz: float = 50.0
+    anomaly_rate: float = 0.002
+    # Stop after this many samples; unset runs until the daemon stops.
+    samples: int | None = None
+    playback: Literal["realtime", "fast"] = "realtime"
+
+
+@dataclass
+class ReplaySourceConfig:
+    """A CSV or JSON Lines file, or several played in order, replayed as a sensor."""
+
+    type: Literal["csv", "jsonl"] = "csv"
+    path: list[Path] = field(default_factory=list)
+    # Value columns: header names, or 0-based indexes for files without a header.
+    columns: list[str | int] = field(default_factory=list)
+    header: bool = True
+    delimiter: str = ","
+    time_column: str | int | None = None
+    # strptime format of the time column; unset means seconds since the epoch.
+    time_format: str | None = None
+    # Sample rate used to make timestamps when there is no time column.
+    rate_hz: float = 1.0
+    playback: Literal["fast", "realtime"] = "fast"
+    speed: float = 1.0
+    loop: bool = False
+
+
+SourceConfig = SyntheticSourceConfig | ReplaySourceConfig
+
+
+@dataclass
+class WindowConfig:
+    """Window size and hop, in samples."""
+
+    size: int = 32
+    hop: int = 16
+
+
+@dataclass
+class NormalizeConfig:
+    """Scaling applied to each sample before quantization: (x - mean) / std."""
+
+    mean: float | list[float] = 0.0
+    std: float | list[float] = 1.0
+
+
+@dataclass
+class ModelConfig:
+    """A TFLite model and how its output is read."""
+
+    path: Path = Path()
+    kind: Literal["classifier", "autoencoder", "regression"] = "classifier"
+    labels: list[str] = field(default_factory=list)
+    # A window is an anomaly when its label is in anomaly_labels, or, for
+    # autoencoder and regression models, when its score is above threshold.
+    anomaly_labels: list[str] = field(default_factory=list)
+    threshold: float | None = None
+    # "quantize": values are real numbers, quantized with the input tensor's
+    # scale and zero point. "raw": values are already in the tensor's dtype.
+    input: Literal["quantize", "raw"] = "quantize"
+
+
+@dataclass
+class BadInputConfig:
+    """What a stream does with bad sensor input. Every case is counted."""
+
+    # Missing, NaN or infinite values.
+    missing: Literal["skip", "fill_previous", "fill_zero"] = "skip"
+    # A timestamp equal to or earlier than the previous sample's.
+    time_regression: Literal["skip", "keep"] = "skip"
+    log_interval: Duration = 60.0
+
+
+@dataclass
+class StreamConfig:
+    """One sensor stream: where samples come from and which model reads them."""
+
+    name: str = ""
+    source: SourceConfig = field(default_factory=SyntheticSourceConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    normalize: NormalizeConfig = field(default_factory=NormalizeConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data_class: str = "inference"
+    summary_class: str = "summary"
+    bad_input: BadInputConfig = field(default_factory=BadInputConfig)
+
+
+@dataclass
+class SummaryConfig:
+    """How results are summarized for the uplink."""
+
+    # Length of a summary interval, in the stream's own time.
+    interval: Duration = 60.0
+
+
+def default_data_classes() -> dict[str, DataClassConfig]:
+    return {
+        "raw": DataClassConfig(tier="restricted", retention=7 * 86400.0),
+        "inference": DataClassConfig(tier="internal", retention=30 * 86400.0),
+        "summary": DataClassConfig(tier="internal", retention=90 * 86400.0, may_leave_device=True),
+    }
+
+
+@dataclass
+class Config:
+    """The whole daemon configuration."""
+
+    device_id: str = ""
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    summaries: SummaryConfig = field(default_factory=SummaryConfig)
+    data_classes: dict[str, DataClassConfig] = field(default_factory=default_data_classes)
+    streams: list[StreamConfig] = field(default_factory=list)
+    # Where each key path was found in the file, as "line:column", for
+    # errors found after loading (a model that fails to load, say).
+    locations: dict[str, str] = field(default_factory=dict, repr=False)
+    source_file: Path | None = None
+
+    def where(self, key_path: str) -> str:
+        """Format a key path with its file position for an error message."""
+        location = self.locations.get(key_path)
+        if location is None:
+            return key_path
+        return f"{key_path} (line {location})"

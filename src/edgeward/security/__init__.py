@@ -1,0 +1,1 @@
+"""Key handling: the master key and the keys derived from it."""

@@ -1,0 +1,84 @@
+"""The master key and the keys derived from it.
+
+The master key is 32 random bytes, kept in a key file as 64 hex digits (or as
+the 32 raw bytes). Each use gets its own key derived with HKDF-SHA256, so the
+database key can be rotated or replaced without touching other uses.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from edgeward.errors import KeyFileError
+
+log = logging.getLogger(__name__)
+
+KEY_BYTES = 32
+DATABASE_KEY_INFO = b"edgeward/sqlcipher/v1"
+
+
+def load_master_key(path: Path, create: bool = False) -> bytes:
+    """Read the master key file; create it (mode 0600) first when `create` is set and it is missing."""
+    if create and not path.exists():
+        _create_key_file(path)
+
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise KeyFileError(
+            f"key file {path} not found; create it with "
+            f"'umask 077; head -c 32 /dev/urandom | xxd -p -c 64 > {path}' or set database.key_file"
+        ) from None
+    except OSError as error:
+        raise KeyFileError(f"key file {path} could not be read: {error.strerror}") from error
+
+    if info.st_mode & stat.S_IRWXO:
+        raise KeyFileError(
+            f"key file {path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
+            f"run 'chmod 600 {path}'"
+        )
+
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise KeyFileError(f"key file {path} could not be read: {error.strerror}") from error
+    return _parse_key(data, path)
+
+
+def derive_key(master_key: bytes, info: bytes) -> bytes:
+    """Derive a 256-bit key for one use (named by `info`) from the master key."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=None, info=info)
+    return hkdf.derive(master_key)
+
+
+def _parse_key(data: bytes, path: Path) -> bytes:
+    if len(data) == KEY_BYTES:
+        return data
+    text = data.strip()
+    if len(text) == 2 * KEY_BYTES:
+        try:
+            return bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            pass
+    raise KeyFileError(
+        f"key file {path} must contain 64 hex digits or 32 raw bytes, found {len(data)} bytes; "
+        "make a new key with 'head -c 32 /dev/urandom | xxd -p -c 64'"
+    )
+
+
+def _create_key_file(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(KEY_BYTES) + "\n")
+    log.info("created a new master key in %s (mode 0600)", path)

@@ -1,0 +1,1 @@
+"""The encrypted store: the SQLCipher database, its schema and its writer."""

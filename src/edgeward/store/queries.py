@@ -1,0 +1,91 @@
+"""Read queries for the API, the uplink and the status. Each takes its own connection."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10000
+
+
+def query_results(
+    connection: Any, stream: str | None, since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    """Return result rows, newest first."""
+    where, params = _filters(stream, since, "ts")
+    rows = connection.execute(
+        "SELECT id, stream, data_class, ts, model_sha256, label, score, anomaly, outputs FROM results"
+        f"{where} ORDER BY ts DESC, id DESC LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [
+        {
+            "id": r[0], "stream": r[1], "data_class": r[2], "ts": r[3], "model_sha256": r[4],
+            "label": r[5], "score": r[6], "anomaly": bool(r[7]), "outputs": json.loads(r[8]),
+        }
+        for r in rows
+    ]
+
+
+def query_summaries(
+    connection: Any, stream: str | None, since: float | None, limit: int
+) -> list[dict[str, Any]]:
+    """Return summaries with their delivery state, newest first."""
+    where, params = _filters(stream, since, "s.period_start")
+    rows = connection.execute(
+        "SELECT s.id, s.stream, s.data_class, s.seq, s.period_start, s.period_end, s.windows,"
+        " s.label_counts, s.mean_score, s.max_score, s.anomalies, s.model_sha256, o.message_id,"
+        " o.sent_at FROM summaries s LEFT JOIN outbox o ON o.summary_id = s.id"
+        f"{where} ORDER BY s.period_start DESC, s.id DESC LIMIT ?",
+        (*params, limit),
+    ).fetchall()
+    return [
+        {
+            "id": r[0], "stream": r[1], "data_class": r[2], "seq": r[3], "period_start": r[4],
+            "period_end": r[5], "windows": r[6], "label_counts": json.loads(r[7]),
+            "mean_score": r[8], "max_score": r[9], "anomalies": r[10], "model_sha256": r[11],
+            "message_id": r[12], "sent_at": r[13],
+        }
+        for r in rows
+    ]
+
+
+def count_rows(connection: Any) -> dict[str, int]:
+    """Return the row counts of the main tables and the unsent outbox backlog."""
+    results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
+    summaries = connection.execute("SELECT count(*) FROM summaries").fetchone()[0]
+    backlog, oldest = connection.execute(
+        "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL"
+    ).fetchone()
+    return {"results": results, "summaries": summaries, "outbox_backlog": backlog,
+            "outbox_oldest_unsent": oldest}
+
+
+def unsent_page(connection: Any, after_id: int, limit: int) -> list[tuple[int, str, bytes]]:
+    """Return up to `limit` unsent outbox rows after `after_id`, in id order: (id, topic, payload)."""
+    rows: list[tuple[int, str, bytes]] = connection.execute(
+        "SELECT id, topic, payload FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+        (after_id, limit),
+    ).fetchall()
+    return rows
+
+
+def last_sequences(connection: Any) -> dict[str, int]:
+    """Return each stream's highest summary sequence number."""
+    rows = connection.execute("SELECT stream, max(seq) FROM summaries GROUP BY stream").fetchall()
+    return {stream: seq for stream, seq in rows}
+
+
+def _filters(stream: str | None, since: float | None, time_column: str) -> tuple[str, list[Any]]:
+    clauses = []
+    params: list[Any] = []
+    prefix = "s." if time_column.startswith("s.") else ""
+    if stream is not None:
+        clauses.append(f"{prefix}stream = ?")
+        params.append(stream)
+    if since is not None:
+        clauses.append(f"{time_column} >= ?")
+        params.append(since)
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    return where, params

@@ -1,0 +1,57 @@
+"""Rows the daemon hands to the writer thread."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One window's model result."""
+
+    stream: str
+    data_class: str
+    ts: float
+    model_sha256: str
+    label: str | None
+    score: float
+    anomaly: bool
+    outputs: str
+    raw_output: bytes
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    """One stream's summary of an interval, with the MQTT message that carries it."""
+
+    stream: str
+    data_class: str
+    seq: int
+    period_start: float
+    period_end: float
+    windows: int
+    label_counts: str
+    mean_score: float
+    max_score: float
+    anomalies: int
+    model_sha256: str
+    created_at: float
+    message_id: str
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class MarkSent:
+    """Outbox rows the broker acknowledged."""
+
+    outbox_ids: list[int]
+    sent_at: float
+
+
+@dataclass
+class Barrier:
+    """Set once everything queued before it is committed."""
+
+    done: threading.Event = field(default_factory=threading.Event)

@@ -1,0 +1,94 @@
+"""Database schema and its ordered migrations.
+
+MIGRATIONS[i] takes a database from version i to i + 1. Opening an older
+database applies the missing steps in one transaction; a newer one is
+rejected, because this program cannot know what the newer schema means.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from edgeward.errors import SchemaError
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE results (
+        id INTEGER PRIMARY KEY,
+        stream TEXT NOT NULL,
+        data_class TEXT NOT NULL,
+        ts REAL NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        label TEXT,
+        score REAL NOT NULL,
+        anomaly INTEGER NOT NULL,
+        outputs TEXT NOT NULL,
+        raw_output BLOB NOT NULL
+    );
+    CREATE INDEX results_stream_ts ON results (stream, ts);
+    CREATE INDEX results_ts ON results (ts);
+
+    CREATE TABLE summaries (
+        id INTEGER PRIMARY KEY,
+        stream TEXT NOT NULL,
+        data_class TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        period_start REAL NOT NULL,
+        period_end REAL NOT NULL,
+        windows INTEGER NOT NULL,
+        label_counts TEXT NOT NULL,
+        mean_score REAL NOT NULL,
+        max_score REAL NOT NULL,
+        anomalies INTEGER NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        UNIQUE (stream, seq)
+    );
+    CREATE INDEX summaries_period ON summaries (period_start);
+
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        summary_id INTEGER NOT NULL REFERENCES summaries (id),
+        message_id TEXT NOT NULL UNIQUE,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(connection: Any, path: str) -> None:
+    """Bring the schema to SCHEMA_VERSION in one transaction."""
+    connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    row = connection.execute("SELECT version FROM schema_version").fetchone()
+    current = row[0] if row else 0
+
+    if current > SCHEMA_VERSION:
+        raise SchemaError(
+            f"database {path} has schema version {current}, newer than this edgeward "
+            f"({SCHEMA_VERSION}); upgrade edgeward, or restore a database made by this version"
+        )
+    if current == SCHEMA_VERSION:
+        return
+
+    log.info("migrating database %s from schema version %d to %d", path, current, SCHEMA_VERSION)
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        for step in MIGRATIONS[current:]:
+            for statement in step.split(";"):
+                if statement.strip():
+                    connection.execute(statement)
+        connection.execute("DELETE FROM schema_version")
+        connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        connection.execute("COMMIT")
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise

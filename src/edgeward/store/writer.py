@@ -1,0 +1,175 @@
+"""The single writer thread: batches queued rows into transactions.
+
+Every write goes through this thread, so SQLite never sees two writers. A
+batch closes when it holds `batch_size` items or `batch_interval` seconds
+after its first item, and is committed as one transaction: a summary and its
+outbox row always land together.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlcipher3
+
+from edgeward.store.rows import Barrier, MarkSent, ResultRow, SummaryRow
+
+log = logging.getLogger(__name__)
+
+Item = ResultRow | SummaryRow | MarkSent | Barrier | list[ResultRow]
+_STOP = object()
+RETRY_DELAY = 1.0
+
+
+@dataclass
+class WriterCounters:
+    """What the writer committed, for the status."""
+
+    results: int = 0
+    summaries: int = 0
+    marked_sent: int = 0
+    transactions: int = 0
+    failed_transactions: int = 0
+
+
+class Writer:
+    """Own the write connection and commit queued rows in batches."""
+
+    def __init__(
+        self, connection: Any, batch_size: int = 256, batch_interval: float = 0.2, max_queued: int = 10000
+    ) -> None:
+        self._connection = connection
+        self._batch_size = batch_size
+        self._batch_interval = batch_interval
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
+        self._thread = threading.Thread(target=self._run, name="edgeward-writer", daemon=True)
+        self.counters = WriterCounters()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, item: Item) -> None:
+        """Queue an item; blocks when the queue is full, which slows the producers down."""
+        self._queue.put(item)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued so far is committed. Returns False on timeout."""
+        barrier = Barrier()
+        self._queue.put(barrier)
+        return barrier.done.wait(timeout)
+
+    def stop(self) -> None:
+        """Commit everything queued, then end the thread."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._collect()
+            if batch:
+                self._commit_with_retry(batch)
+
+    def _collect(self) -> tuple[list[Any], bool]:
+        first = self._queue.get()
+        if first is _STOP:
+            return [], True
+        batch = [first]
+        deadline = time.monotonic() + self._batch_interval
+        while len(batch) < self._batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+            if isinstance(item, Barrier):
+                break
+        return batch, False
+
+    def _commit_with_retry(self, batch: list[Any]) -> None:
+        # A failed commit (a full disk, say) is retried until it succeeds, so
+        # queued rows are never dropped; the queue bound stops producers meanwhile.
+        while True:
+            try:
+                self._commit(batch)
+            except sqlcipher3.Error as error:
+                self.counters.failed_transactions += 1
+                log.error("database write failed, retrying in %.0f s: %s", RETRY_DELAY, error)
+                time.sleep(RETRY_DELAY)
+                continue
+            break
+        for item in batch:
+            if isinstance(item, Barrier):
+                item.done.set()
+
+    def _commit(self, batch: list[Any]) -> None:
+        results = [row for item in batch for row in _results_of(item)]
+        summaries = [item for item in batch if isinstance(item, SummaryRow)]
+        sent = [item for item in batch if isinstance(item, MarkSent)]
+        connection = self._connection
+        if not (results or summaries or sent):
+            return
+
+        connection.execute("BEGIN")
+        try:
+            if results:
+                connection.executemany(
+                    "INSERT INTO results (stream, data_class, ts, model_sha256, label, score, anomaly,"
+                    " outputs, raw_output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.stream, r.data_class, r.ts, r.model_sha256, r.label, r.score, int(r.anomaly),
+                         r.outputs, r.raw_output)
+                        for r in results
+                    ],
+                )
+            for summary in summaries:
+                _insert_summary(connection, summary)
+            for mark in sent:
+                connection.executemany(
+                    "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
+                    [(mark.sent_at, outbox_id) for outbox_id in mark.outbox_ids],
+                )
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+        self.counters.results += len(results)
+        self.counters.summaries += len(summaries)
+        self.counters.marked_sent += sum(len(mark.outbox_ids) for mark in sent)
+        self.counters.transactions += 1
+
+
+def _results_of(item: Any) -> Iterable[ResultRow]:
+    if isinstance(item, ResultRow):
+        return (item,)
+    if isinstance(item, list):
+        return item
+    return ()
+
+
+def _insert_summary(connection: Any, s: SummaryRow) -> None:
+    cursor = connection.execute(
+        "INSERT INTO summaries (stream, data_class, seq, period_start, period_end, windows, label_counts,"
+        " mean_score, max_score, anomalies, model_sha256, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (s.stream, s.data_class, s.seq, s.period_start, s.period_end, s.windows, s.label_counts,
+         s.mean_score, s.max_score, s.anomalies, s.model_sha256, s.created_at),
+    )
+    connection.execute(
+        "INSERT INTO outbox (summary_id, message_id, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)",
+        (cursor.lastrowid, s.message_id, s.topic, s.payload, s.created_at),
+    )
