@@ -128,6 +128,8 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
     class Handler(BaseHTTPRequestHandler):
         server_version = "edgeward"
         protocol_version = "HTTP/1.1"
+        # Reply with a status line even to a request line that could not be parsed.
+        default_request_version = "HTTP/1.1"
 
         def setup(self) -> None:
             self.timeout = timeout
@@ -154,6 +156,8 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
         def _answer(self, method: str) -> None:
             length = self.headers.get("Content-Length", "0")
             if not length.isdigit() or int(length) > max_bytes:
+                # The body is not read, so the connection cannot carry another request.
+                self.close_connection = True
                 self._send(413, {"error": f"request body must be at most {max_bytes} bytes"})
                 return
             if int(length):

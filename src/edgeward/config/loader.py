@@ -174,7 +174,8 @@ class _Builder:
 
     def build_plain(self, hint: Any, node: yaml.Node, path: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
-            self.error(node, path, f"expected a {hint.__name__}, found a {_node_kind(node)}")
+            expected = _TYPE_NAMES.get(hint, hint.__name__)
+            self.error(node, path, f"expected {expected}, found a {_node_kind(node)}")
             return None
         value = self.scalar(node)
 
@@ -198,6 +199,11 @@ class _Builder:
             self.error(node, path, f"expected a string, found {value!r}; put it in quotes")
             return str(value)
         return value
+
+
+_TYPE_NAMES: dict[Any, str] = {
+    int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a file path",
+}
 
 
 def _node_kind(node: yaml.Node) -> str:

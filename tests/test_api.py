@@ -1,0 +1,98 @@
+"""The local API on a real Unix socket: routes, parameters and bad requests."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgeward import client
+from edgeward.agent.api import ApiServer
+from edgeward.errors import ApiError
+from edgeward.store.database import open_database
+from edgeward.store.rows import ResultRow
+from edgeward.store.writer import Writer
+
+KEY = bytes(32)
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[ApiServer]:
+    path = tmp_path / "db"
+    connection = open_database(path, KEY, writer=True)
+    writer = Writer(connection)
+    writer.start()
+    writer.put([ResultRow("s1", "inference", float(i), "0" * 64, "a", 0.1 * i, i == 3, "[1.0]", b"") for i in range(5)])
+    writer.stop()
+
+    server = ApiServer(tmp_path / "api.sock", open_database(path, KEY), lambda: {"ok": True})
+    server.start()
+    yield server
+    server.stop()
+    connection.close()
+
+
+def raw_request(path: Path, data: bytes) -> tuple[int, dict[str, Any]]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.sendall(data)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_status_route(api: ApiServer) -> None:
+    assert client.get(api.socket_path, "/v1/status") == {"ok": True}
+
+
+def test_results_filters(api: ApiServer) -> None:
+    data = client.get(api.socket_path, "/v1/results", {"stream": "s1", "since": "2", "limit": 2})
+    assert data["count"] == 2
+    assert [row["ts"] for row in data["results"]] == [4.0, 3.0]
+    assert data["results"][1]["anomaly"] is True
+
+
+def test_unknown_route_is_404(api: ApiServer) -> None:
+    with pytest.raises(ApiError, match="404 no route /v1/nope"):
+        client.get(api.socket_path, "/v1/nope")
+
+
+def test_invalid_limit_is_400(api: ApiServer) -> None:
+    with pytest.raises(ApiError, match="400 limit must be an integer from 1 to 10000, got 'x'"):
+        client.get(api.socket_path, "/v1/results", {"limit": "x"})
+
+
+def test_unknown_parameter_is_400(api: ApiServer) -> None:
+    with pytest.raises(ApiError, match="unknown parameter 'strem'"):
+        client.get(api.socket_path, "/v1/results", {"strem": "s1"})
+
+
+def test_post_is_405(api: ApiServer) -> None:
+    status, body = raw_request(api.socket_path, b"POST /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert status == 405
+    assert "use GET" in body["error"]
+
+
+def test_garbage_request_gets_json_error_and_server_survives(api: ApiServer) -> None:
+    status, body = raw_request(api.socket_path, b"\x00\x01garbage\r\n\r\n")
+    assert status == 400
+    assert "error" in body
+    assert client.get(api.socket_path, "/v1/status") == {"ok": True}
+
+
+def test_oversized_body_is_413(api: ApiServer) -> None:
+    status, _ = raw_request(
+        api.socket_path, b"GET /v1/status HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n"
+    )
+    assert status == 413
+
+
+def test_missing_socket_names_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(ApiError, match="is the daemon running"):
+        client.get(tmp_path / "none.sock", "/v1/status")
