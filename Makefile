@@ -12,14 +12,15 @@ $(STAMP): pyproject.toml tools/bootstrap.sh
 demo: $(STAMP)
 	$(BIN)/edgeward demo
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
 	$(BIN)/mypy
 
 bench: $(STAMP)

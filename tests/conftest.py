@@ -37,7 +37,9 @@ def free_port() -> int:
 def mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     if not Path(found).exists():
-        pytest.fail("mosquitto is not installed; run 'make test' as root or 'apt-get install mosquitto'")
+        pytest.fail(
+            "mosquitto is not installed; run 'make test' as root or 'apt-get install mosquitto'"
+        )
     return found
 
 
@@ -60,7 +62,9 @@ class Broker:
 
     def start(self) -> None:
         log = (self.workdir / "mosquitto.log").open("ab")
-        self.process = subprocess.Popen([mosquitto_binary(), "-c", str(self.config)], stdout=log, stderr=log)
+        self.process = subprocess.Popen(
+            [mosquitto_binary(), "-c", str(self.config)], stdout=log, stderr=log
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
@@ -132,7 +136,9 @@ class DaemonProcess:
         self._stderr = self.stderr_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "edgeward.cli", "run", "--config", str(config), *args],
-            stdout=subprocess.DEVNULL, stderr=self._stderr, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
 
     @property
@@ -143,7 +149,9 @@ class DaemonProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"daemon exited with {self.process.returncode}:\n{self.stderr}")
+                raise AssertionError(
+                    f"daemon exited with {self.process.returncode}:\n{self.stderr}"
+                )
             try:
                 status: dict[str, Any] = client.get(socket_path, "/v1/status", timeout=2)
                 return status

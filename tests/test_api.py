@@ -26,7 +26,12 @@ def api(tmp_path: Path) -> Iterator[ApiServer]:
     connection = open_database(path, KEY, writer=True)
     writer = Writer(connection)
     writer.start()
-    writer.put([ResultRow("s1", "inference", float(i), "0" * 64, "a", 0.1 * i, i == 3, "[1.0]", b"") for i in range(5)])
+    writer.put(
+        [
+            ResultRow("s1", "inference", float(i), "0" * 64, "a", 0.1 * i, i == 3, "[1.0]", b"")
+            for i in range(5)
+        ]
+    )
     writer.stop()
 
     server = ApiServer(tmp_path / "api.sock", open_database(path, KEY), lambda: {"ok": True})
@@ -74,7 +79,10 @@ def test_unknown_parameter_is_400(api: ApiServer) -> None:
 
 
 def test_post_is_405(api: ApiServer) -> None:
-    status, body = raw_request(api.socket_path, b"POST /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    status, body = raw_request(
+        api.socket_path,
+        b"POST /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    )
     assert status == 405
     assert "use GET" in body["error"]
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REALDATA
 
+from conftest import REALDATA
 from edgeward.config import load_config_text
 from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError
@@ -43,7 +43,9 @@ def config_check(tmp_path: Path, text: str) -> subprocess.CompletedProcess[str]:
     path.write_text(text)
     return subprocess.run(
         [sys.executable, "-m", "edgeward.cli", "config", "check", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -57,14 +59,19 @@ def test_config_check_rejects_typo_key(tmp_path: Path) -> None:
     text = valid_config(tmp_path).replace("    window:", "    windw:")
     result = config_check(tmp_path, text)
     assert result.returncode == 1
-    assert "edgeward.yaml:13:5: streams[0].windw: unknown key; did you mean 'window'?" in result.stderr
+    assert (
+        "edgeward.yaml:13:5: streams[0].windw: unknown key; did you mean 'window'?" in result.stderr
+    )
 
 
 def test_config_check_rejects_wrong_type(tmp_path: Path) -> None:
     text = valid_config(tmp_path).replace("size: 1", "size: large")
     result = config_check(tmp_path, text)
     assert result.returncode == 1
-    assert "edgeward.yaml:14:13: streams[0].window.size: expected an integer, found 'large'" in result.stderr
+    assert (
+        "edgeward.yaml:14:13: streams[0].window.size: expected an integer, found 'large'"
+        in result.stderr
+    )
 
 
 def test_config_check_rejects_missing_model(tmp_path: Path) -> None:
@@ -94,21 +101,32 @@ def test_config_check_rejects_window_shape(tmp_path: Path) -> None:
     text = valid_config(tmp_path).replace("size: 1", "size: 4")
     result = config_check(tmp_path, text)
     assert result.returncode == 1
-    assert "a window of shape [4, 1] (4 values) does not fit the input tensor of shape [1, 1]" in result.stderr
+    assert (
+        "a window of shape [4, 1] (4 values) does not fit the input tensor of shape [1, 1]"
+        in result.stderr
+    )
     assert "set window.size to 1" in result.stderr
 
 
 def test_loader_reports_every_error(tmp_path: Path) -> None:
-    text = valid_config(tmp_path).replace("channels: 1", "channels: [1]").replace("hop: 1", "hop: many")
+    text = (
+        valid_config(tmp_path)
+        .replace("channels: 1", "channels: [1]")
+        .replace("hop: 1", "hop: many")
+    )
     with pytest.raises(ConfigError) as caught:
         load_config_text(text, "c.yaml")
     lines = str(caught.value).splitlines()
     assert len(lines) == 2
-    assert lines[0].startswith("c.yaml:12:17: streams[0].source.channels: expected an integer, found a list")
+    assert lines[0].startswith(
+        "c.yaml:12:17: streams[0].source.channels: expected an integer, found a list"
+    )
 
 
 def test_loader_parses_durations() -> None:
-    config = load_config_text("device_id: d\nsummaries: {interval: 10m}\ndatabase: {batch_interval: 250ms}\n")
+    config = load_config_text(
+        "device_id: d\nsummaries: {interval: 10m}\ndatabase: {batch_interval: 250ms}\n"
+    )
     assert config.summaries.interval == 600.0
     assert config.database.batch_interval == 0.25
 
@@ -120,7 +138,9 @@ def test_loader_rejects_invalid_duration() -> None:
 
 def test_loader_rejects_unknown_source_type() -> None:
     text = "device_id: d\nstreams:\n  - name: s\n    source: {type: serial}\n"
-    with pytest.raises(ConfigError, match=r"streams\[0\].source.type: invalid source type 'serial'"):
+    with pytest.raises(
+        ConfigError, match=r"streams\[0\].source.type: invalid source type 'serial'"
+    ):
         load_config_text(text)
 
 
@@ -132,13 +152,15 @@ def test_loader_reports_yaml_syntax_error() -> None:
 def test_check_rejects_unknown_data_class(tmp_path: Path) -> None:
     text = valid_config(tmp_path, extra="    data_class: secret\n")
     config = load_config_text(text, "c.yaml")
-    with pytest.raises(ConfigError, match=r"streams\[0\].data_class \(line 19:17\): unknown data class 'secret'"):
+    with pytest.raises(
+        ConfigError, match=r"streams\[0\].data_class \(line 19:17\): unknown data class 'secret'"
+    ):
         check_config(config)
 
 
 def test_check_rejects_duplicate_stream_names(tmp_path: Path) -> None:
     text = valid_config(tmp_path)
-    stream = text[text.index("  - name: sine"):]
+    stream = text[text.index("  - name: sine") :]
     config = load_config_text(text + stream, "c.yaml")
     with pytest.raises(ConfigError, match="stream name 'sine' is used twice"):
         check_config(config)

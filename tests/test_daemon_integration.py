@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import shutil
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REALDATA, Broker, DaemonProcess, Recorder, wait_for
 from tflite_runtime.interpreter import Interpreter
 
+from conftest import REALDATA, Broker, DaemonProcess, Recorder, wait_for
 from edgeward import client
 from edgeward.errors import WrongKeyError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
@@ -98,7 +95,9 @@ def assert_no_plaintext(files: dict[str, bytes], markers: list[str]) -> None:
             assert marker.encode() not in data, f"{marker!r} is readable in {name}"
 
 
-def test_daemon_end_to_end_with_broker_outage(tmp_path: Path, broker: Broker, recorder: Recorder) -> None:
+def test_daemon_end_to_end_with_broker_outage(
+    tmp_path: Path, broker: Broker, recorder: Recorder
+) -> None:
     xs = write_sine_csv(tmp_path / "sine.csv", ROWS)
     config = write_config(tmp_path, broker.port, tmp_path / "sine.csv", speed=150.0)
     socket_path = tmp_path / "api.sock"
@@ -126,8 +125,12 @@ def test_daemon_end_to_end_with_broker_outage(tmp_path: Path, broker: Broker, re
 
     key = read_key(tmp_path)
     connection = open_database(tmp_path / "data" / "edgeward.db", key)
-    results = connection.execute("SELECT ts, raw_output, stream, model_sha256 FROM results ORDER BY ts").fetchall()
-    summaries = connection.execute("SELECT s.seq, o.message_id FROM summaries s JOIN outbox o ON o.summary_id = s.id ORDER BY s.seq").fetchall()
+    results = connection.execute(
+        "SELECT ts, raw_output, stream, model_sha256 FROM results ORDER BY ts"
+    ).fetchall()
+    summaries = connection.execute(
+        "SELECT s.seq, o.message_id FROM summaries s JOIN outbox o ON o.summary_id = s.id ORDER BY s.seq"
+    ).fetchall()
     connection.close()
 
     assert len(results) == ROWS

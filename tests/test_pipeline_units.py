@@ -32,9 +32,9 @@ def test_windower_same_across_chunk_sizes() -> None:
     split = Windower(8, 3, 2)
     pieces = []
     for start in range(0, 100, 7):
-        pieces += split.push(times[start:start + 7], values[start:start + 7])
+        pieces += split.push(times[start : start + 7], values[start : start + 7])
     assert [ts for ts, _ in pieces] == [ts for ts, _ in whole]
-    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(pieces, whole))
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(pieces, whole, strict=True))
 
 
 def test_windower_hop_larger_than_size() -> None:
@@ -113,7 +113,9 @@ def test_aggregator_closes_interval_on_later_result() -> None:
     assert flushed is not None and flushed.windows == 1
 
 
-def replay(tmp_path: Path, text: str, **options: object) -> tuple[list[float], list[list[float]], SampleFilter]:
+def replay(
+    tmp_path: Path, text: str, **options: object
+) -> tuple[list[float], list[list[float]], SampleFilter]:
     path = tmp_path / "input.csv"
     path.write_text(text)
     config = ReplaySourceConfig(path=[path], **options)  # type: ignore[arg-type]
@@ -161,7 +163,11 @@ def test_replay_jsonl_with_bad_records(tmp_path: Path) -> None:
     path.write_text('{"t": 1, "a": 1.5}\n{broken\n[1, 2]\n{"t": 2, "a": "x"}\n{"t": 3, "a": 2}\n')
     config = ReplaySourceConfig(type="jsonl", path=[path], columns=["a"], time_column="t")
     sample_filter = SampleFilter("s", BadInputConfig(), 1)
-    chunks = [c for c in ReplaySource(config, sample_filter).chunks(threading.Event()) if not isinstance(c, SegmentBreak)]
+    chunks = [
+        c
+        for c in ReplaySource(config, sample_filter).chunks(threading.Event())
+        if not isinstance(c, SegmentBreak)
+    ]
     assert np.concatenate([c[1] for c in chunks]).ravel().tolist() == [1.5, 2.0]
     assert sample_filter.counters.malformed_lines == 2
     assert sample_filter.counters.missing_values == 1

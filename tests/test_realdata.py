@@ -6,13 +6,12 @@ and reads the results back from the encrypted database.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MODELS, REALDATA, DaemonProcess
 
+from conftest import REALDATA, DaemonProcess
 from edgeward.agent.runtime import installed_runtimes
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
 from edgeward.store.database import open_database
@@ -42,9 +41,14 @@ streams:
 
     key = derive_key(load_master_key(tmp_path / "master.key"), DATABASE_KEY_INFO)
     connection = open_database(tmp_path / "edgeward.db", key)
-    rows = connection.execute("SELECT stream, ts, label, score, anomaly FROM results ORDER BY stream, ts").fetchall()
+    rows = connection.execute(
+        "SELECT stream, ts, label, score, anomaly FROM results ORDER BY stream, ts"
+    ).fetchall()
     connection.close()
-    return [{"stream": r[0], "ts": r[1], "label": r[2], "score": r[3], "anomaly": bool(r[4])} for r in rows]
+    return [
+        {"stream": r[0], "ts": r[1], "label": r[2], "score": r[3], "anomaly": bool(r[4])}
+        for r in rows
+    ]
 
 
 @pytest.mark.parametrize("runtime", installed_runtimes())

@@ -21,13 +21,28 @@ MARKER = "plaintextmarkerkoala"
 
 
 def result(ts: float, stream: str = MARKER) -> ResultRow:
-    return ResultRow(stream, "inference", ts, "0" * 64, f"label-{MARKER}", 0.5, False, "[0.5]", b"\x01")
+    return ResultRow(
+        stream, "inference", ts, "0" * 64, f"label-{MARKER}", 0.5, False, "[0.5]", b"\x01"
+    )
 
 
 def summary(seq: int) -> SummaryRow:
     return SummaryRow(
-        MARKER, "summary", seq, 0.0, 10.0, 1, "{}", 0.5, 0.5, 0, "0" * 64, 1.0, f"m{seq}",
-        f"edgeward/v1/d/summary/{MARKER}", b'{"stream": "' + MARKER.encode() + b'"}',
+        MARKER,
+        "summary",
+        seq,
+        0.0,
+        10.0,
+        1,
+        "{}",
+        0.5,
+        0.5,
+        0,
+        "0" * 64,
+        1.0,
+        f"m{seq}",
+        f"edgeward/v1/d/summary/{MARKER}",
+        b'{"stream": "' + MARKER.encode() + b'"}',
     )
 
 
@@ -42,7 +57,11 @@ def written_database(path: Path) -> None:
 
 
 def file_bytes(path: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(path.parent.iterdir()) if p.name.startswith(path.name)}
+    return {
+        p.name: p.read_bytes()
+        for p in sorted(path.parent.iterdir())
+        if p.name.startswith(path.name)
+    }
 
 
 def test_writer_commits_results_and_outbox_together(tmp_path: Path) -> None:
@@ -108,7 +127,9 @@ def test_newer_schema_is_rejected(tmp_path: Path) -> None:
     connection = open_database(path, KEY, writer=True)
     connection.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     connection.close()
-    with pytest.raises(SchemaError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this edgeward"):
+    with pytest.raises(
+        SchemaError, match=f"schema version {SCHEMA_VERSION + 1}, newer than this edgeward"
+    ):
         open_database(path, KEY, writer=True)
 
 

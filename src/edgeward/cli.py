@@ -13,7 +13,7 @@ from typing import Any
 
 from edgeward import __version__, client
 from edgeward.config import load_config
-from edgeward.errors import ApiError, EdgewardError
+from edgeward.errors import EdgewardError
 
 log = logging.getLogger(__name__)
 
@@ -38,21 +38,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edgeward", description="On-device sensor inference daemon.")
+    parser = argparse.ArgumentParser(
+        prog="edgeward", description="On-device sensor inference daemon."
+    )
     parser.add_argument("--version", action="version", version=f"edgeward {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
     run = commands.add_parser("run", help="run the daemon")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: %(default)s)")
+    run.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="config file (default: %(default)s)"
+    )
     run.add_argument("--duration", type=float, help="stop after this many seconds")
-    run.add_argument("--until-done", action="store_true", help="stop when every replay source has ended")
+    run.add_argument(
+        "--until-done", action="store_true", help="stop when every replay source has ended"
+    )
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(handler=_run)
 
-    demo = commands.add_parser("demo", help="run the daemon on the embedded default for a short while")
-    demo.add_argument("--duration", type=float, default=40.0, help="seconds to run (default: %(default)s)")
-    demo.add_argument("--state-dir", type=Path, default=Path("demo-state"),
-                      help="folder for the demo's config, key and database (default: %(default)s)")
+    demo = commands.add_parser(
+        "demo", help="run the daemon on the embedded default for a short while"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=40.0, help="seconds to run (default: %(default)s)"
+    )
+    demo.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("demo-state"),
+        help="folder for the demo's config, key and database (default: %(default)s)",
+    )
     demo.set_defaults(handler=_demo)
 
     config = commands.add_parser("config", help="work with config files")
@@ -70,15 +84,21 @@ def _parser() -> argparse.ArgumentParser:
     for what in ("results", "summaries"):
         sub = query_commands.add_parser(what, help=f"list stored {what}, newest first")
         sub.add_argument("--stream", help="only this stream")
-        sub.add_argument("--since", help="only newer than this: '10m', '2h', an ISO time or epoch seconds")
-        sub.add_argument("--limit", type=int, default=20, help="at most this many rows (default: %(default)s)")
+        sub.add_argument(
+            "--since", help="only newer than this: '10m', '2h', an ISO time or epoch seconds"
+        )
+        sub.add_argument(
+            "--limit", type=int, default=20, help="at most this many rows (default: %(default)s)"
+        )
         _add_socket_options(sub)
         sub.set_defaults(handler=_query, what=what)
     return parser
 
 
 def _add_socket_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--socket", type=Path, help=f"API socket (default: from --config, else {DEFAULT_SOCKET})")
+    parser.add_argument(
+        "--socket", type=Path, help=f"API socket (default: from --config, else {DEFAULT_SOCKET})"
+    )
     parser.add_argument("--config", type=Path, help="read the socket path from this config file")
     parser.add_argument("--json", action="store_true", help="print the raw JSON reply")
 
@@ -113,9 +133,11 @@ def _config_check(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     check_config(config)
     models = load_models(config)
-    for stream, model in zip(config.streams, models):
-        print(f"stream {stream.name}: model {model.path} ({model.runtime}, input {model.input_shape} "
-              f"{model.input_dtype}, sha256 {model.sha256[:12]})")
+    for stream, model in zip(config.streams, models, strict=True):
+        print(
+            f"stream {stream.name}: model {model.path} ({model.runtime}, input {model.input_shape} "
+            f"{model.input_dtype}, sha256 {model.sha256[:12]})"
+        )
     print(f"{args.file}: OK")
     return 0
 
@@ -152,7 +174,11 @@ def format_status(data: dict[str, Any]) -> str:
         f"{store.get('outbox_backlog', 0)} waiting in the outbox",
     ]
     if "broker" in mqtt:
-        state = "connected" if mqtt["connected"] else f"not connected ({mqtt['last_error'] or 'connecting'})"
+        state = (
+            "connected"
+            if mqtt["connected"]
+            else f"not connected ({mqtt['last_error'] or 'connecting'})"
+        )
         lines.append(f"mqtt {mqtt['broker']}: {state}, {mqtt['acknowledged']} acknowledged")
     for name, stream in data["streams"].items():
         lines.append(
@@ -173,7 +199,9 @@ def format_results(rows: list[dict[str, Any]]) -> str:
 
 
 def format_summaries(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'period start (UTC)':<23} {'stream':<16} {'seq':>5} {'windows':>7} {'anomalies':>9}  sent  labels"]
+    lines = [
+        f"{'period start (UTC)':<23} {'stream':<16} {'seq':>5} {'windows':>7} {'anomalies':>9}  sent  labels"
+    ]
     for row in rows:
         labels = ", ".join(f"{k}={v}" for k, v in sorted(row["label_counts"].items()))
         lines.append(

@@ -24,7 +24,9 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def get(socket_path: Path, path: str, params: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+def get(
+    socket_path: Path, path: str, params: dict[str, Any] | None = None, timeout: float = 10.0
+) -> Any:
     """GET a path of the API and return the decoded JSON body. Raises ApiError."""
     query = {k: v for k, v in (params or {}).items() if v is not None}
     target = path + ("?" + urlencode(query) if query else "")
@@ -34,7 +36,9 @@ def get(socket_path: Path, path: str, params: dict[str, Any] | None = None, time
         response = connection.getresponse()
         body = response.read()
     except FileNotFoundError:
-        raise ApiError(f"no API socket at {socket_path}; is the daemon running? (edgeward run --config FILE)") from None
+        raise ApiError(
+            f"no API socket at {socket_path}; is the daemon running? (edgeward run --config FILE)"
+        ) from None
     except PermissionError:
         raise ApiError(
             f"permission denied on {socket_path}; add your user to the socket's group (edgeward)"
@@ -47,7 +51,9 @@ def get(socket_path: Path, path: str, params: dict[str, Any] | None = None, time
     try:
         data = json.loads(body)
     except json.JSONDecodeError as error:
-        raise ApiError(f"the API at {socket_path} sent a reply that is not JSON: {body[:200]!r}") from error
+        raise ApiError(
+            f"the API at {socket_path} sent a reply that is not JSON: {body[:200]!r}"
+        ) from error
     if response.status != 200:
         raise ApiError(f"{target}: {response.status} {data.get('error', '')}")
     return data

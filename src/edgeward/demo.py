@@ -43,15 +43,20 @@ def run_demo(state_dir: Path, duration: float) -> int:
     broker = _Broker.start_if_installed(state_dir)
     text = (resources.files("edgeward") / "data" / "demo.yaml").read_text()
     text = text.format(
-        state_dir=state_dir, socket=socket_path, model=model,
-        mqtt_enabled="true" if broker else "false", mqtt_port=broker.port if broker else 1883,
+        state_dir=state_dir,
+        socket=socket_path,
+        model=model,
+        mqtt_enabled="true" if broker else "false",
+        mqtt_port=broker.port if broker else 1883,
     )
     config_file = state_dir / "edgeward.yaml"
     config_file.write_text(text)
     config = load_config_text(text, str(config_file), state_dir)
 
-    print(f"edgeward demo: running the embedded default for {duration:.0f} s "
-          f"({len(config.streams)} synthetic streams, model {model.name})")
+    print(
+        f"edgeward demo: running the embedded default for {duration:.0f} s "
+        f"({len(config.streams)} synthetic streams, model {model.name})"
+    )
     if broker:
         print(f"edgeward demo: started mosquitto on 127.0.0.1:{broker.port} for the uplink")
     else:
@@ -59,7 +64,9 @@ def run_demo(state_dir: Path, duration: float) -> int:
 
     daemon = Daemon(config, RunOptions(duration=duration))
     sample: dict[str, Any] = {}
-    probe = threading.Thread(target=_query_near_end, args=(socket_path, duration, sample), daemon=True)
+    probe = threading.Thread(
+        target=_query_near_end, args=(socket_path, duration, sample), daemon=True
+    )
     probe.start()
     try:
         daemon.run()
@@ -79,7 +86,9 @@ def _query_near_end(socket_path: Path, duration: float, sample: dict[str, Any]) 
         sample["error"] = str(error)
 
 
-def _report(daemon: Daemon, config_file: Path, sample: dict[str, Any], delivered: int, had_broker: bool) -> None:
+def _report(
+    daemon: Daemon, config_file: Path, sample: dict[str, Any], delivered: int, had_broker: bool
+) -> None:
     writer = daemon.writer
     windows = sum(w.filter.counters.windows for w in daemon.workers)
     anomalies_note = ""
@@ -89,8 +98,10 @@ def _report(daemon: Daemon, config_file: Path, sample: dict[str, Any], delivered
     print(f"summaries written:  {writer.counters.summaries if writer else 0}")
     if had_broker:
         print(f"summaries received by the broker's subscriber: {delivered}")
-    print(f"encrypted database: {daemon.config.database.path} (SQLCipher, AES-256; key in "
-          f"{daemon.config.database.key_file}){anomalies_note}")
+    print(
+        f"encrypted database: {daemon.config.database.path} (SQLCipher, AES-256; key in "
+        f"{daemon.config.database.key_file}){anomalies_note}"
+    )
     if "results" in sample:
         print("\nlatest results, read through the local API a few seconds before the end:")
         print(format_results(sample["results"]))
@@ -114,14 +125,18 @@ class _Broker:
 
     @classmethod
     def start_if_installed(cls, state_dir: Path) -> _Broker | None:
-        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+        binary = shutil.which("mosquitto") or (
+            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+        )
         if binary is None:
             return None
         port = free_port()
         workdir = Path(tempfile.mkdtemp(prefix="edgeward-demo-broker-"))
         conf = workdir / "mosquitto.conf"
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n")
-        process = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         broker = cls(process, port, workdir)
         if not broker._subscribe():
             broker.stop()

@@ -47,8 +47,12 @@ class ApiServer:
         self._lock = threading.Lock()
         self._status = status
         self._mode = socket_mode
-        self._server = _UnixHttpServer(str(socket_path), _make_handler(self, request_timeout, max_request_bytes))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="edgeward-api", daemon=True)
+        self._server = _UnixHttpServer(
+            str(socket_path), _make_handler(self, request_timeout, max_request_bytes)
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="edgeward-api", daemon=True
+        )
 
     def start(self) -> None:
         os.chmod(self.socket_path, self._mode)
@@ -78,7 +82,9 @@ class ApiServer:
         if method != "GET":
             return 405, {"error": f"method {method} is not allowed on {parts.path}; use GET"}
         try:
-            query = _single_values(parse_qs(parts.query, keep_blank_values=True, strict_parsing=False))
+            query = _single_values(
+                parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+            )
             return 200, handler(query)
         except BadRequest as error:
             return 400, {"error": str(error)}
@@ -132,7 +138,7 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
         default_request_version = "HTTP/1.1"
 
         def setup(self) -> None:
-            self.timeout = timeout
+            self.timeout = timeout  # type: ignore[misc]
             super().setup()
 
         def address_string(self) -> str:
@@ -177,7 +183,9 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
             self.end_headers()
             self.wfile.write(data)
 
-        def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
             # Errors found by http.server itself (a bad request line, say) get a JSON body too.
             self.close_connection = True
             self._send(code, {"error": message or HTTPStatus(code).phrase})

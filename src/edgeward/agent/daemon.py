@@ -47,7 +47,9 @@ def load_models(config: Config) -> list[Model]:
             model = Model(stream.model, runtime, stream.normalize, config.runtime.threads)
             model.check_window(stream.window.size, source_channels(stream.source))
         except ShapeMismatchError as error:
-            raise ConfigError(f"{config.where(f'streams[{index}].window')}: stream {stream.name}: {error}") from error
+            raise ConfigError(
+                f"{config.where(f'streams[{index}].window')}: stream {stream.name}: {error}"
+            ) from error
         except ConfigError as error:
             raise type(error)(f"{key}: stream {stream.name}: {error}") from error
         models.append(model)
@@ -124,17 +126,25 @@ class Daemon:
 
         write_connection = open_database(config.database.path, key, writer=True)
         self._connections.append(write_connection)
-        self.writer = Writer(write_connection, config.database.batch_size, config.database.batch_interval)
+        self.writer = Writer(
+            write_connection, config.database.batch_size, config.database.batch_interval
+        )
         self.writer.start()
 
         sequences = last_sequences(write_connection)
-        for stream, model in zip(config.streams, models):
-            self.workers.append(StreamWorker(config, stream, model, self.writer, sequences.get(stream.name, 0)))
+        for stream, model in zip(config.streams, models, strict=True):
+            self.workers.append(
+                StreamWorker(config, stream, model, self.writer, sequences.get(stream.name, 0))
+            )
 
         self._status_connection = self._reader(key)
         self.api = ApiServer(
-            config.api.socket, self._reader(key), self.status, config.api.socket_mode,
-            config.api.request_timeout, config.api.max_request_bytes,
+            config.api.socket,
+            self._reader(key),
+            self.status,
+            config.api.socket_mode,
+            config.api.request_timeout,
+            config.api.max_request_bytes,
         )
         self.api.start()
 
@@ -185,7 +195,8 @@ class Daemon:
         if self.writer is not None:
             self.writer.stop()
             log.info(
-                "committed %d results and %d summaries", self.writer.counters.results,
+                "committed %d results and %d summaries",
+                self.writer.counters.results,
                 self.writer.counters.summaries,
             )
         for connection in reversed(self._connections):

@@ -120,7 +120,9 @@ class Model:
         except FileNotFoundError as error:
             raise ModelError(f"model {self.path} not found; check model.path") from error
         except (IsADirectoryError, PermissionError, OSError) as error:
-            raise ModelError(f"model {self.path} could not be read: {error.strerror or error}") from error
+            raise ModelError(
+                f"model {self.path} could not be read: {error.strerror or error}"
+            ) from error
 
     def _load(self, threads: int) -> Any:
         interpreter_type = interpreter_class(self.runtime)
@@ -129,7 +131,9 @@ class Model:
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as error:
             reason = _short_reason(error)
-            raise ModelError(f"model {self.path} was rejected by {self.runtime}: {reason}") from error
+            raise ModelError(
+                f"model {self.path} was rejected by {self.runtime}: {reason}"
+            ) from error
         return interpreter
 
     def _check_labels(self) -> list[str]:
@@ -151,7 +155,11 @@ class Model:
                 f"model {self.path}: kind 'autoencoder' needs an output of the input's size, "
                 f"but the input is {self.input_shape} and the output is {self.output_shape}"
             )
-        if self.input_dtype.kind in "iu" and self.input_scale == 0 and self.config.input == "quantize":
+        if (
+            self.input_dtype.kind in "iu"
+            and self.input_scale == 0
+            and self.config.input == "quantize"
+        ):
             raise ModelError(
                 f"model {self.path}: the {self.input_dtype} input tensor has no quantization "
                 "parameters; set model.input to 'raw' and feed values in the tensor's range"
@@ -166,12 +174,15 @@ class Model:
             self._interpreter.invoke()
         except (RuntimeError, ValueError) as error:
             reason = _short_reason(error)
-            raise ModelError(f"model {self.path} failed its first invoke in {self.runtime}: {reason}") from error
+            raise ModelError(
+                f"model {self.path} failed its first invoke in {self.runtime}: {reason}"
+            ) from error
 
     def _to_input_tensor(self, normalized: FloatArray) -> npt.NDArray[Any]:
         dtype = self.input_dtype
         if dtype.kind == "f":
-            return normalized.astype(dtype).reshape(self.input_shape)
+            tensor: npt.NDArray[Any] = normalized.astype(dtype).reshape(self.input_shape)
+            return tensor
 
         info = np.iinfo(dtype)
         if self.config.input == "raw":
@@ -182,12 +193,14 @@ class Model:
             return np.rint(normalized).astype(dtype).reshape(self.input_shape)
 
         quantized = np.rint(normalized / self.input_scale) + self.input_zero_point
-        return np.clip(quantized, info.min, info.max).astype(dtype).reshape(self.input_shape)
+        clipped: npt.NDArray[Any] = np.clip(quantized, info.min, info.max)
+        return clipped.astype(dtype).reshape(self.input_shape)
 
     def _dequantize(self, raw: npt.NDArray[Any]) -> FloatArray:
+        values: FloatArray = raw.astype(np.float64)
         if raw.dtype.kind in "iu" and self.output_scale != 0:
-            return (raw.astype(np.float64) - self.output_zero_point) * self.output_scale
-        return raw.astype(np.float64)
+            values = (values - self.output_zero_point) * self.output_scale
+        return values
 
     def _read(self, outputs: FloatArray, normalized: FloatArray, raw: bytes) -> Prediction:
         flat = outputs.reshape(-1)

@@ -54,7 +54,9 @@ class SampleFilter:
             "malformed", "stream %s: skipped malformed input at %s: %s", self.stream, where, reason
         )
 
-    def accept(self, timestamp: float, values: list[float | None], where: str) -> list[float] | None:
+    def accept(
+        self, timestamp: float, values: list[float | None], where: str
+    ) -> list[float] | None:
         """Return the cleaned values, or None when the sample is skipped."""
         self.counters.samples += 1
 
@@ -63,7 +65,11 @@ class SampleFilter:
             self._log.warning(
                 "time",
                 "stream %s: timestamp %.3f at %s is not after the previous %.3f (policy: %s)",
-                self.stream, timestamp, where, self._last_time, self.policy.time_regression,
+                self.stream,
+                timestamp,
+                where,
+                self._last_time,
+                self.policy.time_regression,
             )
             if self.policy.time_regression == "skip":
                 self.counters.skipped_samples += 1
@@ -90,7 +96,9 @@ class SampleFilter:
         self._log.warning(
             "missing",
             "stream %s: missing, NaN or infinite value at %s (policy: %s)",
-            self.stream, where, self.policy.missing,
+            self.stream,
+            where,
+            self.policy.missing,
         )
 
         if self.policy.missing == "skip":

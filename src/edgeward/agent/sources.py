@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +106,9 @@ class ReplaySource:
         try:
             file = path.open(encoding="utf-8", errors="replace", newline="")
         except OSError as error:
-            log.error("stream %s: cannot open %s: %s; skipping the file", self.filter.stream, path, error)
+            log.error(
+                "stream %s: cannot open %s: %s; skipping the file", self.filter.stream, path, error
+            )
             return
 
         with file:
@@ -114,9 +116,9 @@ class ReplaySource:
                 if isinstance(record, str):
                     self.filter.malformed(where, record)
                     continue
-                timestamp, values, error = record
-                if error:
-                    self.filter.malformed(where, error)
+                timestamp, values, problem = record
+                if problem:
+                    self.filter.malformed(where, problem)
                     continue
                 if timestamp is None:
                     timestamp = synthetic_time + index / self.config.rate_hz
@@ -265,11 +267,13 @@ def _parse_time(raw: Any, time_format: str | None) -> float:
         return float(raw)
     parsed = datetime.strptime(str(raw).strip(), time_format)
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
 
 
-def open_source(config: SourceConfig, sample_filter: SampleFilter) -> SyntheticSource | ReplaySource:
+def open_source(
+    config: SourceConfig, sample_filter: SampleFilter
+) -> SyntheticSource | ReplaySource:
     if isinstance(config, SyntheticSourceConfig):
         return SyntheticSource(config, sample_filter)
     return ReplaySource(config, sample_filter)

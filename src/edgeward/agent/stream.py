@@ -49,7 +49,9 @@ class StreamWorker:
         self.finished = threading.Event()
         self.last_result_at: float | None = None
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"edgeward-stream-{stream.name}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name=f"edgeward-stream-{stream.name}", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -83,7 +85,12 @@ class StreamWorker:
         }
 
     def _run(self) -> None:
-        log.info("stream %s started (source %s, model %s)", self.name, self.stream.source.type, self.model.path)
+        log.info(
+            "stream %s started (source %s, model %s)",
+            self.name,
+            self.stream.source.type,
+            self.model.path,
+        )
         try:
             for chunk in self._source.chunks(self._stop):
                 if isinstance(chunk, SegmentBreak):
@@ -113,11 +120,20 @@ class StreamWorker:
             self.filter.counters.windows += 1
             rows.append(
                 ResultRow(
-                    self.name, self.stream.data_class, ts, self.model.sha256, prediction.label,
-                    prediction.score, prediction.anomaly, json.dumps(prediction.outputs), prediction.raw_output,
+                    self.name,
+                    self.stream.data_class,
+                    ts,
+                    self.model.sha256,
+                    prediction.label,
+                    prediction.score,
+                    prediction.anomaly,
+                    json.dumps(prediction.outputs),
+                    prediction.raw_output,
                 )
             )
-            closed.append(self._aggregator.add(ts, prediction.label, prediction.score, prediction.anomaly))
+            closed.append(
+                self._aggregator.add(ts, prediction.label, prediction.score, prediction.anomaly)
+            )
         if rows:
             self._writer.put(rows)
             self.last_result_at = time.time()
@@ -131,14 +147,25 @@ class StreamWorker:
         self._seq += 1
         message_id = new_message_id()
         data_class = self.stream.summary_class
-        payload = summary_payload(summary, self._device_id, data_class, self._seq, message_id, self.model.sha256)
+        payload = summary_payload(
+            summary, self._device_id, data_class, self._seq, message_id, self.model.sha256
+        )
         self._writer.put(
             SummaryRow(
-                stream=self.name, data_class=data_class, seq=self._seq,
-                period_start=summary.period_start, period_end=summary.period_end,
-                windows=summary.windows, label_counts=json.dumps(summary.label_counts, sort_keys=True),
-                mean_score=summary.mean_score, max_score=summary.max_score if summary.windows else 0.0,
-                anomalies=summary.anomalies, model_sha256=self.model.sha256, created_at=time.time(),
-                message_id=message_id, topic=self._topic, payload=payload,
+                stream=self.name,
+                data_class=data_class,
+                seq=self._seq,
+                period_start=summary.period_start,
+                period_end=summary.period_end,
+                windows=summary.windows,
+                label_counts=json.dumps(summary.label_counts, sort_keys=True),
+                mean_score=summary.mean_score,
+                max_score=summary.max_score if summary.windows else 0.0,
+                anomalies=summary.anomalies,
+                model_sha256=self.model.sha256,
+                created_at=time.time(),
+                message_id=message_id,
+                topic=self._topic,
+                payload=payload,
             )
         )

@@ -56,8 +56,8 @@ def setup_logging(level: int = logging.INFO) -> None:
     """Log to the journal under systemd (JOURNAL_STREAM is set), else to stderr."""
     root = logging.getLogger()
     root.setLevel(level)
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
 
     handler: logging.Handler
     if os.environ.get("JOURNAL_STREAM") and _sd_journal is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -15,7 +15,9 @@ def parse_since(text: str, now: float | None = None) -> float:
     text = text.strip()
     match = _RELATIVE.match(text)
     if match:
-        return (now if now is not None else time.time()) - float(match.group(1)) * _UNITS[match.group(2)]
+        return (now if now is not None else time.time()) - float(match.group(1)) * _UNITS[
+            match.group(2)
+        ]
     try:
         return float(text)
     except ValueError:
@@ -27,5 +29,5 @@ def parse_since(text: str, now: float | None = None) -> float:
             f"invalid time {text!r}; use a duration like '10m' or '2h', an ISO 8601 time, or epoch seconds"
         ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()

@@ -22,6 +22,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from edgeward.agent.payloads import status_topic
 from edgeward.config.schema import MqttConfig
@@ -38,7 +40,9 @@ SESSION_EXPIRY = 7 * 86400
 class Uplink:
     """Own the MQTT client and the thread that drains the outbox."""
 
-    def __init__(self, config: MqttConfig, device_id: str, read_connection: Any, writer: Writer) -> None:
+    def __init__(
+        self, config: MqttConfig, device_id: str, read_connection: Any, writer: Writer
+    ) -> None:
         self._config = config
         self._device_id = device_id
         self._connection = read_connection
@@ -64,7 +68,7 @@ class Uplink:
         log.info("connecting to MQTT broker %s:%d as %s", config.host, config.port, self._client_id)
         properties = None
         if config.protocol == "5":
-            properties = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             properties.SessionExpiryInterval = SESSION_EXPIRY
             self._client.connect_async(
                 config.host, config.port, config.keepalive, clean_start=False, properties=properties
@@ -80,7 +84,9 @@ class Uplink:
         self._thread.join()
         self._drain_acks()
         if self.connected:
-            info = self._client.publish(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
+            info = self._client.publish(
+                self._status_topic, self._status_payload("offline"), qos=1, retain=True
+            )
             info.wait_for_publish(timeout=2.0)
         self._client.disconnect()
         self._client.loop_stop()
@@ -110,7 +116,9 @@ class Uplink:
             clean_session=False if protocol == mqtt.MQTTv311 else None,
         )
         client.max_inflight_messages_set(config.max_inflight)
-        client.reconnect_delay_set(int(max(1, config.reconnect_min)), int(max(1, config.reconnect_max)))
+        client.reconnect_delay_set(
+            int(max(1, config.reconnect_min)), int(max(1, config.reconnect_max))
+        )
         client.will_set(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
         client.enable_logger(logging.getLogger("edgeward.agent.paho"))
         client.on_connect = self._on_connect
@@ -119,13 +127,22 @@ class Uplink:
         return client
 
     def _status_payload(self, state: str) -> bytes:
-        return json.dumps({"device_id": self._device_id, "state": state, "ts": time.time()}).encode()
+        return json.dumps(
+            {"device_id": self._device_id, "state": state, "ts": time.time()}
+        ).encode()
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
+    ) -> None:
         if reason.is_failure:
             self.connected = False
             self.last_error = f"connection refused: {reason}"
-            log.error("MQTT broker %s:%d refused the connection: %s", self._config.host, self._config.port, reason)
+            log.error(
+                "MQTT broker %s:%d refused the connection: %s",
+                self._config.host,
+                self._config.port,
+                reason,
+            )
             return
         sock = client.socket()
         if isinstance(sock, socket.socket):
@@ -148,7 +165,9 @@ class Uplink:
             if was_connected:
                 log.warning("lost the MQTT broker connection (%s); reconnecting", reason)
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
+    ) -> None:
         self._acks.put(mid)
         self._wake.set()
 

@@ -81,7 +81,9 @@ class _Builder:
             return cls()
 
         hints = get_type_hints(cls, include_extras=True)
-        fields = {f.name for f in dataclasses.fields(cls) if f.name not in ("locations", "source_file")}
+        fields = {
+            f.name for f in dataclasses.fields(cls) if f.name not in ("locations", "source_file")
+        }
         values: dict[str, Any] = {}
         for key_node, value_node in node.value:
             key = self.scalar(key_node)
@@ -106,7 +108,11 @@ class _Builder:
             return float(value)
         match = _DURATION.match(value) if isinstance(value, str) else None
         if match is None:
-            self.error(node, path, f"invalid duration {value!r}; use seconds or a string like '30s', '10m', '2h'")
+            self.error(
+                node,
+                path,
+                f"invalid duration {value!r}; use seconds or a string like '30s', '10m', '2h'",
+            )
             return 0.0
         return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
@@ -123,7 +129,11 @@ class _Builder:
     def build_union(self, members: tuple[Any, ...], node: yaml.Node, path: str) -> Any:
         if SyntheticSourceConfig in members:
             return self.build_source(node, path)
-        if isinstance(node, yaml.ScalarNode) and self.scalar(node) is None and type(None) in members:
+        if (
+            isinstance(node, yaml.ScalarNode)
+            and self.scalar(node) is None
+            and type(None) in members
+        ):
             return None
         candidates = [m for m in members if m is not type(None)]
         wants_list = isinstance(node, yaml.SequenceNode)
@@ -150,7 +160,11 @@ class _Builder:
                 type_name = self.scalar(value_node)
         if type_name not in SOURCE_TYPES:
             allowed = ", ".join(sorted(SOURCE_TYPES))
-            self.error(node, f"{path}.type", f"invalid source type {type_name!r}; expected one of {allowed}")
+            self.error(
+                node,
+                f"{path}.type",
+                f"invalid source type {type_name!r}; expected one of {allowed}",
+            )
             return SyntheticSourceConfig()
         return self.build_dataclass(SOURCE_TYPES[type_name], node, path)
 
@@ -202,7 +216,11 @@ class _Builder:
 
 
 _TYPE_NAMES: dict[Any, str] = {
-    int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a file path",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    Path: "a file path",
 }
 
 
@@ -214,7 +232,9 @@ def _node_kind(node: yaml.Node) -> str:
     return "value"
 
 
-def load_config_text(text: str, file_name: str = "<config>", base_dir: Path | None = None) -> Config:
+def load_config_text(
+    text: str, file_name: str = "<config>", base_dir: Path | None = None
+) -> Config:
     """Parse and type-check a YAML config. Raises ConfigError listing every problem found."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -240,7 +260,9 @@ def load_config(path: Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as error:
-        raise ConfigError(f"config file {path} not found; pass an existing file with --config") from error
+        raise ConfigError(
+            f"config file {path} not found; pass an existing file with --config"
+        ) from error
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"config file {path} could not be read: {error}") from error
     config = load_config_text(text, str(path), path.parent.resolve())

@@ -55,7 +55,9 @@ def _check_stream(config: Config, stream: StreamConfig, prefix: str) -> list[str
         name = getattr(stream, key)
         if name not in config.data_classes:
             known = ", ".join(sorted(config.data_classes))
-            problems.append(f"{where(f'{prefix}.{key}')}: unknown data class {name!r}; known: {known}")
+            problems.append(
+                f"{where(f'{prefix}.{key}')}: unknown data class {name!r}; known: {known}"
+            )
 
     if stream.window.size < 1 or stream.window.hop < 1:
         problems.append(f"{where(prefix + '.window')}: size and hop must be at least 1 sample")
@@ -80,7 +82,9 @@ def _check_stream(config: Config, stream: StreamConfig, prefix: str) -> list[str
     if isinstance(stream.source, ReplaySourceConfig):
         problems.extend(_check_replay(config, stream.source, prefix + ".source"))
     elif stream.source.channels < 1 or stream.source.rate_hz <= 0:
-        problems.append(f"{where(prefix + '.source')}: channels must be at least 1 and rate_hz above 0")
+        problems.append(
+            f"{where(prefix + '.source')}: channels must be at least 1 and rate_hz above 0"
+        )
     return problems
 
 

@@ -34,7 +34,9 @@ def open_database(path: Path, key: bytes, *, writer: bool = False) -> Connection
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StoreError(f"cannot create the folder of database {path}: {error.strerror}") from error
+            raise StoreError(
+                f"cannot create the folder of database {path}: {error.strerror}"
+            ) from error
 
     try:
         connection = sqlcipher3.connect(str(path), isolation_level=None, check_same_thread=False)

@@ -21,8 +21,15 @@ def query_results(
     ).fetchall()
     return [
         {
-            "id": r[0], "stream": r[1], "data_class": r[2], "ts": r[3], "model_sha256": r[4],
-            "label": r[5], "score": r[6], "anomaly": bool(r[7]), "outputs": json.loads(r[8]),
+            "id": r[0],
+            "stream": r[1],
+            "data_class": r[2],
+            "ts": r[3],
+            "model_sha256": r[4],
+            "label": r[5],
+            "score": r[6],
+            "anomaly": bool(r[7]),
+            "outputs": json.loads(r[8]),
         }
         for r in rows
     ]
@@ -42,10 +49,20 @@ def query_summaries(
     ).fetchall()
     return [
         {
-            "id": r[0], "stream": r[1], "data_class": r[2], "seq": r[3], "period_start": r[4],
-            "period_end": r[5], "windows": r[6], "label_counts": json.loads(r[7]),
-            "mean_score": r[8], "max_score": r[9], "anomalies": r[10], "model_sha256": r[11],
-            "message_id": r[12], "sent_at": r[13],
+            "id": r[0],
+            "stream": r[1],
+            "data_class": r[2],
+            "seq": r[3],
+            "period_start": r[4],
+            "period_end": r[5],
+            "windows": r[6],
+            "label_counts": json.loads(r[7]),
+            "mean_score": r[8],
+            "max_score": r[9],
+            "anomalies": r[10],
+            "model_sha256": r[11],
+            "message_id": r[12],
+            "sent_at": r[13],
         }
         for r in rows
     ]
@@ -58,8 +75,12 @@ def count_rows(connection: Any) -> dict[str, int]:
     backlog, oldest = connection.execute(
         "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL"
     ).fetchone()
-    return {"results": results, "summaries": summaries, "outbox_backlog": backlog,
-            "outbox_oldest_unsent": oldest}
+    return {
+        "results": results,
+        "summaries": summaries,
+        "outbox_backlog": backlog,
+        "outbox_oldest_unsent": oldest,
+    }
 
 
 def unsent_page(connection: Any, after_id: int, limit: int) -> list[tuple[int, str, bytes]]:

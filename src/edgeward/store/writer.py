@@ -42,7 +42,11 @@ class Writer:
     """Own the write connection and commit queued rows in batches."""
 
     def __init__(
-        self, connection: Any, batch_size: int = 256, batch_interval: float = 0.2, max_queued: int = 10000
+        self,
+        connection: Any,
+        batch_size: int = 256,
+        batch_interval: float = 0.2,
+        max_queued: int = 10000,
     ) -> None:
         self._connection = connection
         self._batch_size = batch_size
@@ -89,7 +93,11 @@ class Writer:
         while len(batch) < self._batch_size:
             remaining = deadline - time.monotonic()
             try:
-                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+                item = (
+                    self._queue.get(timeout=remaining)
+                    if remaining > 0
+                    else self._queue.get_nowait()
+                )
             except queue.Empty:
                 break
             if item is _STOP:
@@ -130,8 +138,17 @@ class Writer:
                     "INSERT INTO results (stream, data_class, ts, model_sha256, label, score, anomaly,"
                     " outputs, raw_output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        (r.stream, r.data_class, r.ts, r.model_sha256, r.label, r.score, int(r.anomaly),
-                         r.outputs, r.raw_output)
+                        (
+                            r.stream,
+                            r.data_class,
+                            r.ts,
+                            r.model_sha256,
+                            r.label,
+                            r.score,
+                            int(r.anomaly),
+                            r.outputs,
+                            r.raw_output,
+                        )
                         for r in results
                     ],
                 )
@@ -166,8 +183,20 @@ def _insert_summary(connection: Any, s: SummaryRow) -> None:
         "INSERT INTO summaries (stream, data_class, seq, period_start, period_end, windows, label_counts,"
         " mean_score, max_score, anomalies, model_sha256, created_at)"
         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (s.stream, s.data_class, s.seq, s.period_start, s.period_end, s.windows, s.label_counts,
-         s.mean_score, s.max_score, s.anomalies, s.model_sha256, s.created_at),
+        (
+            s.stream,
+            s.data_class,
+            s.seq,
+            s.period_start,
+            s.period_end,
+            s.windows,
+            s.label_counts,
+            s.mean_score,
+            s.max_score,
+            s.anomalies,
+            s.model_sha256,
+            s.created_at,
+        ),
     )
     connection.execute(
         "INSERT INTO outbox (summary_id, message_id, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)",
