@@ -78,6 +78,8 @@ class Daemon:
         self.uplink: Uplink | None = None
         self.api: ApiServer | None = None
         self._connections: list[Any] = []
+        self._status_connection: Any = None
+        self._status_lock = threading.Lock()
 
     def run(self) -> int:
         """Start everything, wait for a stop request, stop everything. Returns the exit code."""
@@ -99,8 +101,10 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         counts: dict[str, Any] = {}
-        if self._connections:
-            counts = count_rows(self._status_connection)
+        if self._status_connection is not None:
+            # API handler threads call this at the same time; one connection, one user.
+            with self._status_lock:
+                counts = count_rows(self._status_connection)
         writer = self.writer
         return {
             "version": __version__,

@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 
 from edgeward.agent.payloads import status_topic
 from edgeward.config.schema import MqttConfig
+from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.queries import unsent_page
 from edgeward.store.rows import MarkSent
 from edgeward.store.writer import Writer
@@ -34,6 +35,7 @@ from edgeward.store.writer import Writer
 log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5
+FAILURE_LOG_INTERVAL = 60.0
 SESSION_EXPIRY = 7 * 86400
 
 
@@ -61,6 +63,7 @@ class Uplink:
         self.published = 0
         self.acknowledged = 0
         self.connects = 0
+        self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
         self._client = self._make_client()
 
     def start(self) -> None:
@@ -120,8 +123,8 @@ class Uplink:
             int(max(1, config.reconnect_min)), int(max(1, config.reconnect_max))
         )
         client.will_set(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
-        client.enable_logger(logging.getLogger("edgeward.agent.paho"))
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         return client
@@ -154,6 +157,16 @@ class Uplink:
         log.info("connected to MQTT broker %s:%d", self._config.host, self._config.port)
         client.publish(self._status_topic, self._status_payload("online"), qos=1, retain=True)
         self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self.connected = False
+        self.last_error = "broker unreachable"
+        self._failures.warning(
+            "connect",
+            "cannot reach MQTT broker %s:%d; summaries wait in the outbox and paho keeps retrying",
+            self._config.host,
+            self._config.port,
+        )
 
     def _on_disconnect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
