@@ -130,7 +130,7 @@ def recorder(broker: Broker) -> Iterator[Recorder]:
 class DaemonProcess:
     """`edgeward run` in a subprocess, with its stderr kept in a file."""
 
-    def __init__(self, config: Path, *args: str) -> None:
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.stderr_path = config.with_suffix(".stderr")
         self._stderr = self.stderr_path.open("wb")
@@ -138,7 +138,7 @@ class DaemonProcess:
             [sys.executable, "-m", "edgeward.cli", "run", "--config", str(config), *args],
             stdout=subprocess.DEVNULL,
             stderr=self._stderr,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import time
 from pathlib import Path
 
@@ -190,3 +191,20 @@ def test_wrong_key_leaves_database_unchanged(tmp_path: Path, broker: Broker) -> 
     assert rerun.wait() == 1
     assert "could not be decrypted" in rerun.stderr
     assert database_files(tmp_path) == before
+
+
+def test_daemon_notifies_systemd(tmp_path: Path, broker: Broker) -> None:
+    write_sine_csv(tmp_path / "sine.csv", 20)
+    config = write_config(tmp_path, broker.port, tmp_path / "sine.csv", speed=10.0)
+    notify_path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(notify_path))
+        notify.settimeout(30)
+        daemon = DaemonProcess(config, "--until-done", env={"NOTIFY_SOCKET": str(notify_path)})
+        try:
+            messages = [notify.recv(4096).decode()]
+            assert daemon.wait() == 0, daemon.stderr
+            messages.append(notify.recv(4096).decode())
+        finally:
+            daemon.kill()
+    assert messages == ["READY=1", "STOPPING=1"]
