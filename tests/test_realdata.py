@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from conftest import REALDATA, DaemonProcess
@@ -68,3 +69,44 @@ def test_micro_speech_labels(tmp_path: Path, runtime: str) -> None:
     labels = {row["stream"]: row["label"] for row in rows}
     assert len(rows) == 4
     assert labels == {"yes": "yes", "no": "no", "silence": "silence", "noise": "silence"}
+
+
+def direct_interpreter(runtime: str, model: Path) -> Any:
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        from tflite_runtime.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(model))
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+@pytest.mark.parametrize("runtime", installed_runtimes())
+def test_hello_world_matches_direct_interpreter(tmp_path: Path, runtime: str) -> None:
+    model = REALDATA / "models" / "hello_world_int8.tflite"
+    xs = np.linspace(0, 2 * np.pi, 200)
+    lines = ["t,x", *(f"{1000 + i},{x!r}" for i, x in enumerate(xs))]
+    (tmp_path / "x.csv").write_text("\n".join(lines) + "\n")
+    streams = f"""  - name: sine
+    source: {{type: csv, path: {tmp_path}/x.csv, columns: [x], time_column: t}}
+    window: {{size: 1, hop: 1}}
+    model: {{path: {model}, kind: regression}}
+"""
+    rows = run_daemon(tmp_path, streams, runtime)
+
+    interpreter = direct_interpreter(runtime, model)
+    tensor_in = interpreter.get_input_details()[0]
+    tensor_out = interpreter.get_output_details()[0]
+    scale_in, zero_in = tensor_in["quantization"]
+    scale_out, zero_out = tensor_out["quantization"]
+    expected = []
+    for x in xs:
+        q = np.clip(np.rint(x / scale_in) + zero_in, -128, 127).astype(np.int8).reshape(1, 1)
+        interpreter.set_tensor(tensor_in["index"], q)
+        interpreter.invoke()
+        raw = int(interpreter.get_tensor(tensor_out["index"])[0, 0])
+        expected.append((raw - zero_out) * scale_out)
+
+    assert len(rows) == len(xs)
+    assert [row["score"] for row in rows] == expected
+    assert abs(rows[50]["score"] - np.sin(xs[50])) < 0.1

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from edgeward.agent.timeparse import parse_since
+from edgeward.errors import ApiError
 from edgeward.store.queries import DEFAULT_LIMIT, MAX_LIMIT, query_results, query_summaries
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,16 @@ class ApiServer:
         self._lock = threading.Lock()
         self._status = status
         self._mode = socket_mode
-        self._server = _UnixHttpServer(
-            str(socket_path), _make_handler(self, request_timeout, max_request_bytes)
-        )
+        try:
+            socket_path.parent.mkdir(parents=True, exist_ok=True)
+            self._server = _UnixHttpServer(
+                str(socket_path), _make_handler(self, request_timeout, max_request_bytes)
+            )
+        except OSError as error:
+            raise ApiError(
+                f"cannot listen on API socket {socket_path}: {error.strerror or error}; "
+                "check api.socket and the permissions of its folder"
+            ) from error
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="edgeward-api", daemon=True
         )
