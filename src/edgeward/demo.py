@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import socket
+import string
 import subprocess
 import tempfile
 import threading
@@ -42,7 +43,7 @@ def run_demo(state_dir: Path, duration: float) -> int:
 
     broker = _Broker.start_if_installed(state_dir)
     text = (resources.files("edgeward") / "data" / "demo.yaml").read_text()
-    text = text.format(
+    text = string.Template(text).substitute(
         state_dir=state_dir,
         socket=socket_path,
         model=model,
@@ -91,16 +92,16 @@ def _report(
 ) -> None:
     writer = daemon.writer
     windows = sum(w.filter.counters.windows for w in daemon.workers)
-    anomalies_note = ""
+    anomalies = sum(w.filter.counters.anomalies for w in daemon.workers)
     print()
-    print(f"windows processed:  {windows}")
+    print(f"windows processed:  {windows} ({anomalies} flagged as anomalies)")
     print(f"results committed:  {writer.counters.results if writer else 0}")
     print(f"summaries written:  {writer.counters.summaries if writer else 0}")
     if had_broker:
         print(f"summaries received by the broker's subscriber: {delivered}")
     print(
         f"encrypted database: {daemon.config.database.path} (SQLCipher, AES-256; key in "
-        f"{daemon.config.database.key_file}){anomalies_note}"
+        f"{daemon.config.database.key_file})"
     )
     if "results" in sample:
         print("\nlatest results, read through the local API a few seconds before the end:")

@@ -193,6 +193,9 @@ class Daemon:
         if self.writer is not None:
             self.writer.flush()
         if self.uplink is not None:
+            # Give the last summaries a short chance to leave; whatever is
+            # left stays in the outbox for the next start.
+            self.uplink.drain(self.config.mqtt.drain_timeout)
             self.uplink.stop()
         if self.api is not None:
             self.api.stop()

@@ -27,6 +27,7 @@ class InputCounters:
     skipped_samples: int = 0
     filled_samples: int = 0
     windows: int = 0
+    anomalies: int = 0
     inference_errors: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 

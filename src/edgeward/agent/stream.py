@@ -73,6 +73,7 @@ class StreamWorker:
             "finished": self.finished.is_set(),
             "samples": counters.samples,
             "windows": counters.windows,
+            "anomalies": counters.anomalies,
             "skipped_samples": counters.skipped_samples,
             "filled_samples": counters.filled_samples,
             "malformed_lines": counters.malformed_lines,
@@ -118,6 +119,7 @@ class StreamWorker:
                 self._errors.warning("inference", "stream %s: window skipped: %s", self.name, error)
                 continue
             self.filter.counters.windows += 1
+            self.filter.counters.anomalies += int(prediction.anomaly)
             rows.append(
                 ResultRow(
                     self.name,

@@ -81,6 +81,17 @@ class Uplink:
         self._client.loop_start()
         self._thread.start()
 
+    def drain(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for every outbox row to be acknowledged; True when none is left."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.connected:
+                return False
+            if not self._inflight and not unsent_page(self._connection, self._last_handed, 1):
+                return True
+            time.sleep(0.05)
+        return False
+
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()

@@ -54,6 +54,8 @@ class MqttConfig:
     page_size: int = 100
     reconnect_min: Duration = 1.0
     reconnect_max: Duration = 60.0
+    # At shutdown, how long to wait for unsent summaries to be acknowledged.
+    drain_timeout: Duration = 3.0
 
 
 @dataclass
