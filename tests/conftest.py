@@ -21,6 +21,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edgeward import client
 from edgeward.errors import ApiError
+from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
+from edgeward.store.database import open_database
 
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
@@ -182,3 +184,43 @@ def wait_for(predicate: Any, timeout: float, message: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(message)
+
+
+def run_daemon(
+    tmp_path: Path,
+    streams: str,
+    runtime: str = "auto",
+    columns: str = "stream, ts, label, score, anomaly",
+) -> list[dict[str, Any]]:
+    """Run the daemon over replay streams until they end; return every result row."""
+    config = tmp_path / "edgeward.yaml"
+    config.write_text(
+        f"""device_id: realdata
+database: {{path: {tmp_path}/edgeward.db, key_file: {tmp_path}/master.key, create_key: true}}
+api: {{socket: {tmp_path}/api.sock}}
+mqtt: {{enabled: false}}
+runtime: {{tflite: {runtime}}}
+summaries: {{interval: 1h}}
+streams:
+{streams}"""
+    )
+    daemon = DaemonProcess(config, "--until-done")
+    assert daemon.wait(timeout=300) == 0, daemon.stderr
+
+    key = derive_key(load_master_key(tmp_path / "master.key"), DATABASE_KEY_INFO)
+    connection = open_database(tmp_path / "edgeward.db", key)
+    cursor = connection.execute(f"SELECT {columns} FROM results ORDER BY stream, ts")
+    names = [description[0] for description in cursor.description]
+    rows = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    connection.close()
+    return rows
+
+
+def direct_interpreter(runtime: str, model: Path) -> Any:
+    if runtime == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+    else:
+        from tflite_runtime.interpreter import Interpreter
+    interpreter = Interpreter(model_path=str(model))
+    interpreter.allocate_tensors()
+    return interpreter

@@ -12,8 +12,19 @@ import numpy as np
 import pytest
 from tflite_runtime.interpreter import Interpreter
 
-from conftest import REALDATA, Broker, DaemonProcess, Recorder, wait_for
+from conftest import (
+    MODELS,
+    REALDATA,
+    Broker,
+    DaemonProcess,
+    Recorder,
+    direct_interpreter,
+    run_daemon,
+    wait_for,
+)
 from edgeward import client
+from edgeward.agent.runtime import installed_runtimes
+from edgeward.agent.synthetic import SyntheticSignal
 from edgeward.errors import WrongKeyError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
 from edgeward.store.database import open_database
@@ -208,3 +219,35 @@ def test_daemon_notifies_systemd(tmp_path: Path, broker: Broker) -> None:
         finally:
             daemon.kill()
     assert messages == ["READY=1", "STOPPING=1"]
+
+
+@pytest.mark.parametrize("runtime", installed_runtimes())
+def test_windowed_results_match_direct_interpreter(tmp_path: Path, runtime: str) -> None:
+    model = MODELS / "demo_anomaly_int8.tflite"
+    values, _ = SyntheticSignal(seed=5).read(1000)
+    values[100, 1] = np.nan
+    lines = ["t,a,b,c", *(f"{i},{v[0]!r},{v[1]!r},{v[2]!r}" for i, v in enumerate(values))]
+    (tmp_path / "xyz.csv").write_text("\n".join(lines) + "\n")
+    streams = f"""  - name: xyz
+    source: {{type: csv, path: {tmp_path}/xyz.csv, columns: [a, b, c], time_column: t}}
+    window: {{size: 32, hop: 16}}
+    bad_input: {{missing: fill_previous}}
+    model: {{path: {model}, labels: [normal, anomaly], anomaly_labels: [anomaly]}}
+"""
+    rows = run_daemon(tmp_path, streams, runtime, columns="ts, raw_output")
+
+    values[100, 1] = values[99, 1]
+    interpreter = direct_interpreter(runtime, model)
+    tensor_in = interpreter.get_input_details()[0]
+    tensor_out = interpreter.get_output_details()[0]
+    scale, zero_point = tensor_in["quantization"]
+    expected = {}
+    for end in range(32, 1001, 16):
+        window = values[end - 32 : end]
+        q = np.clip(np.rint(window / scale) + zero_point, -128, 127).astype(np.int8)
+        interpreter.set_tensor(tensor_in["index"], q.reshape(1, 32, 3))
+        interpreter.invoke()
+        expected[float(end - 1)] = interpreter.get_tensor(tensor_out["index"]).tobytes()
+
+    assert len(rows) == len(expected)
+    assert {row["ts"]: row["raw_output"] for row in rows} == expected

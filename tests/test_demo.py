@@ -14,7 +14,16 @@ pytestmark = pytest.mark.integration
 
 def test_demo_reports_results_and_deliveries(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "edgeward.cli", "demo", "--duration", "12", "--state-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "edgeward.cli",
+            "demo",
+            "--duration",
+            "12",
+            "--state-dir",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
