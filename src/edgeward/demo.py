@@ -12,6 +12,7 @@ import shutil
 import socket
 import string
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -108,10 +109,19 @@ def _report(
         print(format_results(sample["results"]))
     elif "error" in sample:
         print(f"\nthe API query during the run failed: {sample['error']}")
+    command = _command_name()
     print("\nto run it again and query it from another terminal:")
-    print(f"  edgeward run --config {config_file}")
-    print(f"  edgeward query results --config {config_file} --since 10m")
+    print(f"  {command} run --config {config_file}")
+    print(f"  {command} query results --config {config_file} --since 10m")
     print(f"  curl --unix-socket {daemon.config.api.socket} http://localhost/v1/status")
+
+
+def _command_name() -> str:
+    """Return how to call edgeward from a shell: its name when on PATH, else its full path."""
+    if shutil.which("edgeward"):
+        return "edgeward"
+    script = Path(sys.executable).parent / "edgeward"
+    return str(script) if script.exists() else "edgeward"
 
 
 class _Broker:
