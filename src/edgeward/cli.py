@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     config = commands.add_parser("config", help="work with config files")
-    config_commands = config.add_subparsers(metavar="ACTION")
+    config_commands = config.add_subparsers(metavar="ACTION", required=True)
     check = config_commands.add_parser("check", help="validate a config file and load its models")
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_config_check)
@@ -80,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=_status)
 
     query = commands.add_parser("query", help="read stored results or summaries")
-    query_commands = query.add_subparsers(metavar="WHAT")
-    for what in ("results", "summaries"):
-        sub = query_commands.add_parser(what, help=f"list stored {what}, newest first")
+    query_commands = query.add_subparsers(metavar="TABLE", required=True)
+    for table in ("results", "summaries"):
+        sub = query_commands.add_parser(table, help=f"list stored {table}, newest first")
         sub.add_argument("--stream", help="only this stream")
         sub.add_argument(
             "--since", help="only newer than this: '10m', '2h', an ISO time or epoch seconds"
@@ -91,7 +91,7 @@ def _parser() -> argparse.ArgumentParser:
             "--limit", type=int, default=20, help="at most this many rows (default: %(default)s)"
         )
         _add_socket_options(sub)
-        sub.set_defaults(handler=_query, what=what)
+        sub.set_defaults(handler=_query, table=table)
     return parser
 
 
@@ -153,15 +153,15 @@ def _status(args: argparse.Namespace) -> int:
 
 def _query(args: argparse.Namespace) -> int:
     params = {"stream": args.stream, "since": args.since, "limit": args.limit}
-    data = client.get(_socket_path(args), f"/v1/{args.what}", params)
+    data = client.get(_socket_path(args), f"/v1/{args.table}", params)
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    rows = data[args.what]
+    rows = data[args.table]
     if not rows:
-        print(f"no {args.what} match")
+        print(f"no {args.table} match")
         return 0
-    print(format_results(rows) if args.what == "results" else format_summaries(rows))
+    print(format_results(rows) if args.table == "results" else format_summaries(rows))
     return 0
 
 

@@ -77,7 +77,7 @@ class ApiServer:
             pass
 
     def route(self, method: str, target: str) -> tuple[int, dict[str, Any]]:
-        """Answer one request: (HTTP status, JSON body)."""
+        """Route one request and return (HTTP status, JSON body)."""
         parts = urlsplit(target)
         routes = {
             "/v1/status": self._get_status,

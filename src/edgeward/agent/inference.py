@@ -26,7 +26,7 @@ FloatArray = npt.NDArray[np.float64]
 
 @dataclass(frozen=True)
 class Prediction:
-    """What one window produced: the raw output tensor, its dequantized values and their reading."""
+    """The output of one window: the raw tensor bytes, the dequantized values and their reading."""
 
     raw_output: bytes
     outputs: list[float]

@@ -1,4 +1,4 @@
-"""Bad sensor input: count it, then skip or fill it as the stream's config says.
+"""Bad sensor input: count it, then skip or fill it as the stream's config sets.
 
 Nothing here raises: a bad sample never stops a stream.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from edgeward.config.schema import BadInputConfig
 from edgeward.ratelimit import RateLimitedLog
@@ -29,7 +29,6 @@ class InputCounters:
     windows: int = 0
     anomalies: int = 0
     inference_errors: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class SampleFilter:

@@ -60,7 +60,7 @@ class MqttConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Which TFLite runtime runs the models."""
+    """The TFLite runtime choice."""
 
     tflite: Literal["auto", "litert", "tflite-runtime"] = "auto"
     threads: int = 1
@@ -146,7 +146,7 @@ class ModelConfig:
 
 @dataclass
 class BadInputConfig:
-    """What a stream does with bad sensor input. Every case is counted."""
+    """A stream's policy for bad sensor input. Every case is counted."""
 
     # Missing, NaN or infinite values.
     missing: Literal["skip", "fill_previous", "fill_zero"] = "skip"
@@ -171,7 +171,7 @@ class StreamConfig:
 
 @dataclass
 class SummaryConfig:
-    """How results are summarized for the uplink."""
+    """Summary settings."""
 
     # Length of a summary interval, in the stream's own time.
     interval: Duration = 60.0

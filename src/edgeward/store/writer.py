@@ -1,6 +1,6 @@
 """The single writer thread: batches queued rows into transactions.
 
-Every write goes through this thread, so SQLite never sees two writers. A
+Every write goes through this thread, so SQLite never has two writers. A
 batch closes when it holds `batch_size` items or `batch_interval` seconds
 after its first item, and is committed as one transaction: a summary and its
 outbox row always land together.
@@ -29,7 +29,7 @@ RETRY_DELAY = 1.0
 
 @dataclass
 class WriterCounters:
-    """What the writer committed, for the status."""
+    """Counts of the writer's commits, for the status."""
 
     results: int = 0
     summaries: int = 0
