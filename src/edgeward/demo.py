@@ -43,6 +43,17 @@ def run_demo(state_dir: Path, duration: float) -> int:
         socket_path = Path(tempfile.mkdtemp(prefix="edgeward-")) / "api.sock"
 
     broker = _Broker.start_if_installed(state_dir)
+    try:
+        daemon, sample = _run_daemon(state_dir, socket_path, model, broker, duration)
+    finally:
+        delivered = broker.stop() if broker else 0
+    _report(daemon, daemon.config.source_file or state_dir, sample, delivered, broker is not None)
+    return 0
+
+
+def _run_daemon(
+    state_dir: Path, socket_path: Path, model: Path, broker: _Broker | None, duration: float
+) -> tuple[Daemon, dict[str, Any]]:
     text = (resources.files("edgeward") / "data" / "demo.yaml").read_text()
     text = string.Template(text).substitute(
         state_dir=state_dir,
@@ -54,6 +65,7 @@ def run_demo(state_dir: Path, duration: float) -> int:
     config_file = state_dir / "edgeward.yaml"
     config_file.write_text(text)
     config = load_config_text(text, str(config_file), state_dir)
+    config.source_file = config_file
 
     print(
         f"edgeward demo: running the embedded default for {duration:.0f} s "
@@ -70,13 +82,9 @@ def run_demo(state_dir: Path, duration: float) -> int:
         target=_query_near_end, args=(socket_path, duration, sample), daemon=True
     )
     probe.start()
-    try:
-        daemon.run()
-    finally:
-        delivered = broker.stop() if broker else 0
+    daemon.run()
     probe.join(timeout=1)
-    _report(daemon, config_file, sample, delivered, broker is not None)
-    return 0
+    return daemon, sample
 
 
 def _query_near_end(socket_path: Path, duration: float, sample: dict[str, Any]) -> None:
