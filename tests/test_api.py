@@ -104,3 +104,22 @@ def test_oversized_body_is_413(api: ApiServer) -> None:
 def test_missing_socket_names_the_fix(tmp_path: Path) -> None:
     with pytest.raises(ApiError, match="is the daemon running"):
         client.get(tmp_path / "none.sock", "/v1/status")
+
+
+def test_unknown_stream_is_404(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    open_database(path, KEY, writer=True).close()
+    server = ApiServer(
+        tmp_path / "api.sock", open_database(path, KEY), dict, streams=lambda: ["configured"]
+    )
+    server.start()
+    try:
+        with pytest.raises(
+            ApiError, match="404 unknown stream 'nosuch'; configured streams: configured"
+        ):
+            client.get(server.socket_path, "/v1/results", {"stream": "nosuch"})
+        assert (
+            client.get(server.socket_path, "/v1/summaries", {"stream": "configured"})["count"] == 0
+        )
+    finally:
+        server.stop()

@@ -170,3 +170,79 @@ def test_packaged_config_is_valid() -> None:
     packaged = Path(__file__).resolve().parent.parent / "packaging" / "edgeward.yaml"
     config = load_config_text(packaged.read_text(), str(packaged), packaged.parent)
     assert config.device_id
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("create_key: true", "create_key: false"), "key file"),
+        (
+            ("kind: regression", "kind: regression\n      anomaly_labels: [high]"),
+            "'high' is not one of model.labels",
+        ),
+        (
+            ("api:", "mqtt:\n  host: mqtt://127.0.0.1:1883\napi:"),
+            "invalid host 'mqtt://127.0.0.1:1883'",
+        ),
+    ],
+)
+def test_config_check_rejects_cross_field_errors(
+    tmp_path: Path, change: tuple[str, str], message: str
+) -> None:
+    result = config_check(tmp_path, valid_config(tmp_path).replace(*change))
+    assert result.returncode == 1
+    assert message in result.stderr
+
+
+def test_config_check_rejects_world_readable_key(tmp_path: Path) -> None:
+    key = tmp_path / "key"
+    key.write_text("ab" * 32)
+    key.chmod(0o644)
+    result = config_check(tmp_path, valid_config(tmp_path))
+    assert result.returncode == 1
+    assert "run 'chmod 600" in result.stderr
+
+
+def test_config_check_rejects_model_folder(tmp_path: Path) -> None:
+    result = config_check(tmp_path, valid_config(tmp_path, model=tmp_path))
+    assert result.returncode == 1
+    assert f"{tmp_path} is a folder; give the .tflite file in it" in result.stderr
+
+
+def replay_config(tmp_path: Path, source: str) -> str:
+    return valid_config(tmp_path).replace(
+        "      type: synthetic\n      channels: 1\n", f"      type: csv\n{source}"
+    )
+
+
+def test_config_check_rejects_column_not_in_header(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("timestamp,value\n1,2\n")
+    source = f"      path: {tmp_path}/data.csv\n      columns: [temperature]\n"
+    result = config_check(tmp_path, replay_config(tmp_path, source))
+    assert result.returncode == 1
+    assert "streams[0].source.path (line 12:13)" in result.stderr
+    assert (
+        "column 'temperature' is not in the header of data.csv ['timestamp', 'value']"
+        in result.stderr
+    )
+
+
+def test_config_check_rejects_time_format_mismatch(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text("timestamp,value\n2013-12-02 21:15:00,2\n")
+    source = (
+        f"      path: {tmp_path}/data.csv\n      columns: [value]\n      time_column: timestamp\n"
+        "      time_format: '%d/%m/%Y %H:%M'\n"
+    )
+    result = config_check(tmp_path, replay_config(tmp_path, source))
+    assert result.returncode == 1
+    assert (
+        "the first timestamp of data.csv, '2013-12-02 21:15:00', does not match time_format"
+        in result.stderr
+    )
+
+
+def test_config_check_accepts_bom_and_quoted_header(tmp_path: Path) -> None:
+    (tmp_path / "data.csv").write_text('\ufeff"t","value"\n1,2\n', encoding="utf-8")
+    source = f"      path: {tmp_path}/data.csv\n      columns: [value]\n      time_column: t\n"
+    result = config_check(tmp_path, replay_config(tmp_path, source))
+    assert result.returncode == 0, result.stderr

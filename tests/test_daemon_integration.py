@@ -251,3 +251,48 @@ def test_windowed_results_match_direct_interpreter(tmp_path: Path, runtime: str)
 
     assert len(rows) == len(expected)
     assert {row["ts"]: row["raw_output"] for row in rows} == expected
+
+
+def test_second_daemon_on_same_database_is_rejected(tmp_path: Path, broker: Broker) -> None:
+    write_sine_csv(tmp_path / "sine.csv", 100_000)
+    config = write_config(tmp_path, broker.port, tmp_path / "sine.csv", speed=10.0)
+    first = DaemonProcess(config)
+    try:
+        first.wait_ready(tmp_path / "api.sock")
+        second_config = tmp_path / "second.yaml"
+        second_config.write_text(config.read_text().replace("api.sock", "api2.sock"))
+        second = DaemonProcess(second_config)
+        assert second.wait(timeout=60) == 1
+        assert "is in use by another edgeward process" in second.stderr
+        assert "Traceback" not in second.stderr
+
+        third = DaemonProcess(config)
+        assert third.wait(timeout=60) == 1
+        assert "Traceback" not in third.stderr
+        assert first.process.poll() is None
+        assert first.terminate() == 0
+    finally:
+        first.kill()
+
+
+def test_second_daemon_on_same_socket_is_rejected(tmp_path: Path, broker: Broker) -> None:
+    write_sine_csv(tmp_path / "sine.csv", 100_000)
+    config = write_config(tmp_path, broker.port, tmp_path / "sine.csv", speed=10.0)
+    first = DaemonProcess(config)
+    try:
+        first.wait_ready(tmp_path / "api.sock")
+        other = tmp_path / "other"
+        other.mkdir()
+        second_config = other / "edgeward.yaml"
+        second_config.write_text(
+            config.read_text()
+            .replace(f"{tmp_path}/data", f"{other}/data")
+            .replace(f"{tmp_path}/master.key", f"{other}/master.key")
+        )
+        second = DaemonProcess(second_config)
+        assert second.wait(timeout=60) == 1
+        assert f"another process is serving {tmp_path}/api.sock" in second.stderr
+        assert "Traceback" not in second.stderr
+        assert first.terminate() == 0
+    finally:
+        first.kill()

@@ -193,3 +193,23 @@ def test_parse_since_forms() -> None:
     assert parse_since("2024-01-01T00:00:00") == 1704067200.0
     with pytest.raises(ValueError, match="invalid time 'yesterday'"):
         parse_since("yesterday")
+
+
+def test_replay_stray_quote_loses_one_row(tmp_path: Path) -> None:
+    lines = ["t,x", *(f"{i},{i}.5" for i in range(1, 6))]
+    lines[2] = '"2,2.5'
+    times, rows, sample_filter = replay(
+        tmp_path, "\n".join(lines) + "\n", columns=["x"], time_column="t"
+    )
+    assert times == [1.0, 3.0, 4.0, 5.0]
+    assert sample_filter.counters.malformed_lines == 1
+
+
+def test_replay_jsonl_names_missing_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "input.jsonl"
+    path.write_text('{"t": 1, "x": 1.5}\n')
+    config = ReplaySourceConfig(type="jsonl", path=[path], columns=["X"], time_column="t")
+    sample_filter = SampleFilter("s", BadInputConfig(), 1)
+    list(ReplaySource(config, sample_filter).chunks(threading.Event()))
+    assert sample_filter.counters.malformed_lines == 1
+    assert "key 'X' is not in the record (its keys: t, x); check columns" in caplog.text

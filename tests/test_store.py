@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlcipher3
 
 from edgeward.errors import KeyFileError, SchemaError, StoreError, WrongKeyError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
 from edgeward.store.database import open_database
+from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, query_results, unsent_page
 from edgeward.store.rows import MarkSent, ResultRow, SummaryRow
 from edgeward.store.schema import SCHEMA_VERSION
@@ -170,3 +173,64 @@ def test_malformed_key_file_is_rejected(tmp_path: Path) -> None:
 def test_derived_keys_differ_by_purpose() -> None:
     assert derive_key(KEY, DATABASE_KEY_INFO) != derive_key(KEY, b"other")
     assert derive_key(KEY, DATABASE_KEY_INFO) == derive_key(KEY, DATABASE_KEY_INFO)
+
+
+class FailingCommits:
+    """Wrap a real connection so that its next `failures` COMMITs raise SQLITE_FULL."""
+
+    def __init__(self, connection: Any, failures: int) -> None:
+        self._connection = connection
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._connection, name)
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        if sql == "COMMIT" and self.failures > 0:
+            self.failures -= 1
+            self._connection.execute("ROLLBACK")
+            raise sqlcipher3.OperationalError("database or disk is full")
+        return self._connection.execute(sql, *args)
+
+
+def test_writer_retries_until_commit_succeeds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = open_database(tmp_path / "db", KEY, writer=True)
+    failing = FailingCommits(connection, failures=2)
+    writer = Writer(failing, batch_interval=0.01)
+    writer.start()
+    writer.put([result(1.0)])
+    assert writer.flush(10)
+    assert writer.stop()
+    assert writer.counters.failed_transactions == 2
+    assert writer.counters.results == 1
+    assert "database write failed: database or disk is full" in caplog.text
+    assert "cannot rollback" not in caplog.text
+
+
+def test_writer_gives_up_at_stop_and_counts(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    connection = open_database(tmp_path / "db", KEY, writer=True)
+    writer = Writer(FailingCommits(connection, failures=10**6), batch_interval=0.01)
+    writer.start()
+    writer.put([result(float(i)) for i in range(5)])
+    writer.put(summary(1))
+    assert writer.stop(timeout=1.5) is False
+    assert writer.counters.abandoned == 6
+    assert writer.put([result(9.0)]) is False
+    assert "6 results and summaries were not committed" in caplog.text
+
+
+def test_database_lock_rejects_second_holder(tmp_path: Path) -> None:
+    first = DatabaseLock(tmp_path / "db")
+    first.acquire()
+    with pytest.raises(
+        StoreError, match=rf"in use by another edgeward process \(pid {os.getpid()}\)"
+    ):
+        DatabaseLock(tmp_path / "db").acquire()
+    first.release()
+    second = DatabaseLock(tmp_path / "db")
+    second.acquire()
+    second.release()

@@ -22,13 +22,23 @@ from urllib.parse import parse_qs, urlsplit
 
 from edgeward.agent.timeparse import parse_since
 from edgeward.errors import ApiError
-from edgeward.store.queries import DEFAULT_LIMIT, MAX_LIMIT, query_results, query_summaries
+from edgeward.store.queries import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    query_results,
+    query_summaries,
+    stream_has_rows,
+)
 
 log = logging.getLogger(__name__)
 
 
 class BadRequest(Exception):
     """A request parameter is invalid; the message is sent to the client."""
+
+
+class UnknownStream(Exception):
+    """The stream named in a request is neither configured nor stored."""
 
 
 class ApiServer:
@@ -42,11 +52,13 @@ class ApiServer:
         socket_mode: int = 0o660,
         request_timeout: float = 5.0,
         max_request_bytes: int = 65536,
+        streams: Callable[[], list[str]] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._connection = read_connection
         self._lock = threading.Lock()
         self._status = status
+        self._streams = streams
         self._mode = socket_mode
         try:
             socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,6 +108,8 @@ class ApiServer:
             return 200, handler(query)
         except BadRequest as error:
             return 400, {"error": str(error)}
+        except UnknownStream as error:
+            return 404, {"error": str(error)}
 
     def _get_status(self, query: dict[str, str]) -> dict[str, Any]:
         _allow(query, set())
@@ -105,6 +119,7 @@ class ApiServer:
         _allow(query, {"stream", "since", "limit"})
         stream, since, limit = _stream_since_limit(query)
         with self._lock:
+            self._check_stream(stream)
             rows = query_results(self._connection, stream, since, limit)
         return {"results": rows, "count": len(rows)}
 
@@ -112,8 +127,18 @@ class ApiServer:
         _allow(query, {"stream", "since", "limit"})
         stream, since, limit = _stream_since_limit(query)
         with self._lock:
+            self._check_stream(stream)
             rows = query_summaries(self._connection, stream, since, limit)
         return {"summaries": rows, "count": len(rows)}
+
+    def _check_stream(self, stream: str | None) -> None:
+        if stream is None or self._streams is None:
+            return
+        configured = self._streams()
+        if stream in configured or stream_has_rows(self._connection, stream):
+            return
+        known = ", ".join(sorted(configured)) or "none"
+        raise UnknownStream(f"unknown stream {stream!r}; configured streams: {known}")
 
 
 class _UnixHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

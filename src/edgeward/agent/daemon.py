@@ -29,12 +29,16 @@ from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError, ShapeMismatchError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
 from edgeward.store.database import open_database
+from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, last_sequences
 from edgeward.store.writer import Writer
 
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Seconds each shutdown step may wait for a stuck part (a full disk, say).
+STOP_TIMEOUT = 10.0
+HEALTH_TIMEOUT = 30.0
 
 
 def load_models(config: Config) -> list[Model]:
@@ -79,6 +83,7 @@ class Daemon:
         self.api: ApiServer | None = None
         self._connections: list[Any] = []
         self._status_connection: Any = None
+        self._lock: DatabaseLock | None = None
         self._status_lock = threading.Lock()
 
     def run(self) -> int:
@@ -93,8 +98,8 @@ class Daemon:
             self._wait()
         finally:
             systemd.notify("STOPPING=1")
-            self._shutdown()
-        return 0
+            complete = self._shutdown()
+        return 0 if complete else 1
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -119,6 +124,7 @@ class Daemon:
                 "committed_results": writer.counters.results if writer else 0,
                 "committed_summaries": writer.counters.summaries if writer else 0,
                 "failed_transactions": writer.counters.failed_transactions if writer else 0,
+                "last_write_error": writer.last_error if writer else None,
             },
             "mqtt": self.uplink.status() if self.uplink else {"enabled": False},
         }
@@ -128,6 +134,8 @@ class Daemon:
         master = load_master_key(config.database.key_file, create=config.database.create_key)
         key = derive_key(master, DATABASE_KEY_INFO)
 
+        self._lock = DatabaseLock(config.database.path)
+        self._lock.acquire()
         write_connection = open_database(config.database.path, key, writer=True)
         self._connections.append(write_connection)
         self.writer = Writer(
@@ -149,6 +157,7 @@ class Daemon:
             config.api.socket_mode,
             config.api.request_timeout,
             config.api.max_request_bytes,
+            streams=lambda: [stream.name for stream in config.streams],
         )
         self.api.start()
 
@@ -181,17 +190,21 @@ class Daemon:
         log.info("stop requested; draining queues")
 
     def _healthy(self) -> bool:
-        # The watchdog is fed only while the writer thread can still commit;
-        # a stalled writer gets the service restarted.
-        return self.writer is not None and self.writer.flush(timeout=5.0)
+        # The watchdog is fed only while the writer thread is alive and
+        # looping, so a hung writer gets the service restarted. A writer that
+        # retries on a full disk still loops, and the daemon stays up.
+        return self.writer is not None and self.writer.alive(max_silence=HEALTH_TIMEOUT)
 
-    def _shutdown(self) -> None:
+    def _shutdown(self) -> bool:
+        """Stop in reverse order; return False when some results could not be committed."""
         for worker in self.workers:
             worker.request_stop()
         for worker in self.workers:
-            worker.join()
+            # A worker blocked on a full writer queue is released below, when
+            # the writer commits or gives up.
+            worker.join(STOP_TIMEOUT)
         if self.writer is not None:
-            self.writer.flush()
+            self.writer.flush(STOP_TIMEOUT)
         if self.uplink is not None:
             # Give the last summaries a short chance to leave; whatever is
             # left stays in the outbox for the next start.
@@ -199,15 +212,22 @@ class Daemon:
             self.uplink.stop()
         if self.api is not None:
             self.api.stop()
+
+        complete = True
         if self.writer is not None:
-            self.writer.stop()
+            complete = self.writer.stop(STOP_TIMEOUT)
             log.info(
                 "committed %d results and %d summaries",
                 self.writer.counters.results,
                 self.writer.counters.summaries,
             )
+        for worker in self.workers:
+            worker.join()
         for connection in reversed(self._connections):
             connection.close()
+        if self._lock is not None:
+            self._lock.release()
+        return complete
 
     def _install_signal_handlers(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -104,7 +104,8 @@ class ReplaySource:
         index = 0
 
         try:
-            file = path.open(encoding="utf-8", errors="replace", newline="")
+            # utf-8-sig drops the byte order mark that spreadsheet exports start with.
+            file = path.open(encoding="utf-8-sig", errors="replace", newline="")
         except OSError as error:
             log.error(
                 "stream %s: cannot open %s: %s; skipping the file", self.filter.stream, path, error
@@ -149,7 +150,11 @@ class ReplaySource:
             yield from self._csv_records(file, path)
 
     def _csv_records(self, file: Any, path: Path) -> Iterator[tuple[str, Any]]:
-        reader = csv.reader(file, delimiter=self.config.delimiter, skipinitialspace=True)
+        # QUOTE_NONE keeps a stray quote from joining the following lines into
+        # one field; quotes around a cell are stripped instead.
+        reader = csv.reader(
+            file, delimiter=self.config.delimiter, skipinitialspace=True, quoting=csv.QUOTE_NONE
+        )
         value_index: list[int] = []
         time_index: int | None = None
         columns = self.config.columns
@@ -158,7 +163,7 @@ class ReplaySource:
             header = next(reader, None)
             if header is None:
                 return
-            header = [name.strip() for name in header]
+            header = [unquote(name) for name in header]
             try:
                 value_index = [_column_index(c, header) for c in columns]
                 if self.config.time_column is not None:
@@ -180,7 +185,7 @@ class ReplaySource:
                 yield where, f"expected at least {needed} columns, found {len(row)}"
                 continue
             values = [_parse_number(row[i]) for i in value_index]
-            raw_time = row[time_index] if time_index is not None else None
+            raw_time = unquote(row[time_index]) if time_index is not None else None
             yield where, self._with_time(raw_time, values)
 
     def _jsonl_records(self, file: Any, path: Path) -> Iterator[tuple[str, Any]]:
@@ -196,6 +201,14 @@ class ReplaySource:
             if not isinstance(record, dict):
                 yield where, "expected a JSON object"
                 continue
+            absent = [str(c) for c in self.config.columns if str(c) not in record]
+            if absent:
+                keys = ", ".join(sorted(record)) or "none"
+                yield (
+                    where,
+                    f"key {absent[0]!r} is not in the record (its keys: {keys}); check columns",
+                )
+                continue
             values = [_number_or_none(record.get(str(c))) for c in self.config.columns]
             column = self.config.time_column
             raw_time = record.get(str(column)) if column is not None else None
@@ -207,9 +220,14 @@ class ReplaySource:
         if self.config.time_column is None:
             return None, values, None
         try:
-            return _parse_time(raw_time, self.config.time_format), values, None
+            return parse_time(raw_time, self.config.time_format), values, None
         except (TypeError, ValueError):
-            return None, values, f"invalid timestamp {raw_time!r}"
+            expected = (
+                f"time_format {self.config.time_format!r}"
+                if self.config.time_format
+                else "epoch seconds (set time_format for other forms)"
+            )
+            return None, values, f"invalid timestamp {raw_time!r}, expected {expected}"
 
 
 class _Pacer:
@@ -240,8 +258,15 @@ def _column_index(column: str | int, header: list[str]) -> int:
         raise ValueError(f"column {column!r} is not in the header {header}") from None
 
 
-def _parse_number(text: str) -> float | None:
+def unquote(text: str) -> str:
     text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1].strip()
+    return text
+
+
+def _parse_number(text: str) -> float | None:
+    text = unquote(text)
     if not text:
         return None
     try:
@@ -260,7 +285,7 @@ def _number_or_none(value: Any) -> float | None:
     return None
 
 
-def _parse_time(raw: Any, time_format: str | None) -> float:
+def parse_time(raw: Any, time_format: str | None) -> float:
     if time_format is None:
         if isinstance(raw, bool):
             raise TypeError("a boolean is not a timestamp")

@@ -38,6 +38,7 @@ class StreamWorker:
         self._device_id = config.device_id
         self._topic = summary_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
         self._seq = last_seq
+        self._summaries = 0
 
         channels = source_channels(stream.source)
         self.filter = SampleFilter(stream.name, stream.bad_input, channels)
@@ -60,7 +61,8 @@ class StreamWorker:
         self._stop.set()
 
     def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
 
     def status(self) -> dict[str, Any]:
         counters = self.filter.counters
@@ -81,7 +83,8 @@ class StreamWorker:
             "nonfinite_values": counters.nonfinite_values,
             "time_regressions": counters.time_regressions,
             "inference_errors": counters.inference_errors,
-            "summaries": self._seq,
+            "summaries": self._summaries,
+            "last_seq": self._seq,
             "last_result_at": self.last_result_at,
         }
 
@@ -147,6 +150,7 @@ class StreamWorker:
         if summary is None:
             return
         self._seq += 1
+        self._summaries += 1
         message_id = new_message_id()
         data_class = self.stream.summary_class
         payload = summary_payload(

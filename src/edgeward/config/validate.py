@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import re
+from pathlib import Path
 
-from edgeward.agent.sources import source_channels
+from edgeward.agent.sources import parse_time, source_channels, unquote
 from edgeward.config.schema import Config, ReplaySourceConfig, StreamConfig
 from edgeward.errors import ConfigError
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A host name, an IPv4 address or an IPv6 address without brackets.
+HOST = re.compile(r"^(?:[A-Za-z0-9_.-]+|[0-9A-Fa-f:]+)$")
 
 
 def check_config(config: Config) -> None:
@@ -25,6 +30,11 @@ def check_config(config: Config) -> None:
         problems.append("streams: no stream is configured; add at least one under 'streams:'")
     if not 1 <= config.mqtt.port <= 65535:
         problems.append(f"{where('mqtt.port')}: port {config.mqtt.port} is outside 1-65535")
+    if not HOST.match(config.mqtt.host):
+        problems.append(
+            f"{where('mqtt.host')}: invalid host {config.mqtt.host!r}; give a bare host name or "
+            "IP address, and the port in mqtt.port"
+        )
     if config.database.batch_size < 1:
         problems.append(f"{where('database.batch_size')}: must be at least 1")
     if config.summaries.interval <= 0:
@@ -63,9 +73,19 @@ def _check_stream(config: Config, stream: StreamConfig, prefix: str) -> list[str
         problems.append(f"{where(prefix + '.window')}: size and hop must be at least 1 sample")
     if str(stream.model.path) in ("", "."):
         problems.append(f"{where(prefix)}: model.path is missing; set it to a .tflite file")
+    elif stream.model.path.is_dir():
+        problems.append(
+            f"{where(prefix + '.model.path')}: {stream.model.path} is a folder; give the .tflite file in it"
+        )
     elif not stream.model.path.is_file():
         problems.append(
             f"{where(prefix + '.model.path')}: model file {stream.model.path} not found; check the path"
+        )
+    unknown = [label for label in stream.model.anomaly_labels if label not in stream.model.labels]
+    if unknown:
+        problems.append(
+            f"{where(prefix + '.model.anomaly_labels')}: {unknown[0]!r} is not one of model.labels "
+            f"{stream.model.labels}; list anomaly labels from model.labels"
         )
 
     channels = source_channels(stream.source)
@@ -94,8 +114,17 @@ def _check_replay(config: Config, source: ReplaySourceConfig, prefix: str) -> li
     if not source.path:
         problems.append(f"{where(prefix)}: path is missing; give a file or a list of files")
     for index, path in enumerate(source.path):
+        key = (
+            where(f"{prefix}.path[{index}]")
+            if f"{prefix}.path[{index}]" in config.locations
+            else where(f"{prefix}.path")
+        )
         if not path.is_file():
-            problems.append(f"{where(f'{prefix}.path[{index}]')}: file {path} not found")
+            problems.append(f"{key}: file {path} not found")
+            continue
+        problem = _check_first_record(source, path)
+        if problem:
+            problems.append(f"{key}: {problem}")
     if not source.columns:
         problems.append(f"{where(prefix)}: columns is missing; list the value columns")
     if not source.header and source.type == "csv":
@@ -108,3 +137,67 @@ def _check_replay(config: Config, source: ReplaySourceConfig, prefix: str) -> li
     if source.rate_hz <= 0 or source.speed <= 0:
         problems.append(f"{where(prefix)}: rate_hz and speed must be above 0")
     return problems
+
+
+def _check_first_record(source: ReplaySourceConfig, path: Path) -> str | None:
+    """Check the configured columns and time format against a replay file's first lines."""
+    try:
+        with path.open(encoding="utf-8-sig", errors="replace", newline="") as file:
+            lines = [line for _, line in zip(range(50), file, strict=False) if line.strip()]
+    except OSError as error:
+        return f"file {path} could not be read: {error.strerror}"
+    if not lines:
+        return None
+    if source.type == "jsonl":
+        return _check_jsonl(source, path, lines[0])
+    return _check_csv(source, path, lines)
+
+
+def _check_csv(source: ReplaySourceConfig, path: Path, lines: list[str]) -> str | None:
+    rows = [
+        [unquote(cell) for cell in row]
+        for row in csv.reader(
+            lines, delimiter=source.delimiter, skipinitialspace=True, quoting=csv.QUOTE_NONE
+        )
+    ]
+    time_index: int | None = None
+    if source.header:
+        header, rows = rows[0], rows[1:]
+        for column in [*source.columns, source.time_column]:
+            if isinstance(column, str) and column not in header:
+                return f"column {column!r} is not in the header of {path.name} {header}; check columns and time_column"
+        if isinstance(source.time_column, str):
+            time_index = header.index(source.time_column)
+    if isinstance(source.time_column, int):
+        time_index = source.time_column
+    if time_index is None or not rows or len(rows[0]) <= time_index:
+        return None
+    return _check_time(source, path, rows[0][time_index])
+
+
+def _check_jsonl(source: ReplaySourceConfig, path: Path, line: str) -> str | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(record, dict):
+        return None
+    for column in [*source.columns, source.time_column]:
+        if column is not None and str(column) not in record:
+            keys = ", ".join(sorted(record))
+            return f"key {str(column)!r} is not in the first record of {path.name} (its keys: {keys}); check columns"
+    if source.time_column is None:
+        return None
+    return _check_time(source, path, record[str(source.time_column)])
+
+
+def _check_time(source: ReplaySourceConfig, path: Path, value: object) -> str | None:
+    try:
+        parse_time(value, source.time_format)
+    except (TypeError, ValueError):
+        expected = f"time_format {source.time_format!r}" if source.time_format else "epoch seconds"
+        return (
+            f"the first timestamp of {path.name}, {value!r}, does not match {expected}; "
+            "set time_format to its strptime form, for example '%Y-%m-%d %H:%M:%S'"
+        )
+    return None

@@ -67,6 +67,11 @@ def _parse_key(data: bytes, path: Path) -> bytes:
             return bytes.fromhex(text.decode("ascii"))
         except (UnicodeDecodeError, ValueError):
             pass
+    if len(text) == 2 * KEY_BYTES:
+        raise KeyFileError(
+            f"key file {path} has 64 characters but they are not all hex digits (0-9, a-f); "
+            "make a new key with 'head -c 32 /dev/urandom | xxd -p -c 64'"
+        )
     raise KeyFileError(
         f"key file {path} must contain 64 hex digits or 32 raw bytes, found {len(data)} bytes; "
         "make a new key with 'head -c 32 /dev/urandom | xxd -p -c 64'"

@@ -48,6 +48,11 @@ def open_database(path: Path, key: bytes, *, writer: bool = False) -> Connection
         _configure(connection)
         if writer:
             migrate(connection, str(path))
+    except sqlcipher3.Error as error:
+        connection.close()
+        raise StoreError(
+            f"database {path} could not be prepared: {error}; check free space and permissions"
+        ) from error
     except BaseException:
         connection.close()
         raise
@@ -57,6 +62,9 @@ def open_database(path: Path, key: bytes, *, writer: bool = False) -> Connection
 def _apply_key(connection: Connection, key: bytes, path: Path) -> None:
     if len(key) != 32:
         raise StoreError(f"database key must be 32 bytes, got {len(key)}")
+    # Without this SQLCipher prints its own "hmac check failed" lines to
+    # stderr for a wrong key, before WrongKeyError says what happened.
+    connection.execute("PRAGMA cipher_log_level = NONE")
     connection.execute(f"PRAGMA key = \"x'{key.hex()}'\"")
     try:
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()

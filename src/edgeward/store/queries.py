@@ -98,6 +98,16 @@ def last_sequences(connection: Any) -> dict[str, int]:
     return {stream: seq for stream, seq in rows}
 
 
+def stream_has_rows(connection: Any, stream: str) -> bool:
+    """Tell whether any result or summary of `stream` is stored."""
+    row = connection.execute(
+        "SELECT EXISTS (SELECT 1 FROM results WHERE stream = ?)"
+        " OR EXISTS (SELECT 1 FROM summaries WHERE stream = ?)",
+        (stream, stream),
+    ).fetchone()
+    return bool(row[0])
+
+
 def _filters(stream: str | None, since: float | None, time_column: str) -> tuple[str, list[Any]]:
     clauses = []
     params: list[Any] = []

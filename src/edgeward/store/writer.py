@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlcipher3
 
+from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.rows import Barrier, MarkSent, ResultRow, SummaryRow
 
 log = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 Item = ResultRow | SummaryRow | MarkSent | Barrier | list[ResultRow]
 _STOP = object()
 RETRY_DELAY = 1.0
+QUEUE_POLL = 0.5
+FAILURE_LOG_INTERVAL = 60.0
 
 
 @dataclass
@@ -36,6 +39,8 @@ class WriterCounters:
     marked_sent: int = 0
     transactions: int = 0
     failed_transactions: int = 0
+    # Rows dropped because the writer gave up at shutdown.
+    abandoned: int = 0
 
 
 class Writer:
@@ -54,24 +59,81 @@ class Writer:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queued)
         self._thread = threading.Thread(target=self._run, name="edgeward-writer", daemon=True)
         self.counters = WriterCounters()
+        self.last_error: str | None = None
+        self._abandoned = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
 
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, item: Item) -> None:
-        """Queue an item; blocks when the queue is full, which slows the producers down."""
-        self._queue.put(item)
+    def put(self, item: Item) -> bool:
+        """Queue an item; block while the queue is full, which slows the producers down.
+
+        Returns False, and drops the item, only once the writer has given up at shutdown.
+        """
+        while not self._abandoned.is_set():
+            try:
+                self._queue.put(item, timeout=QUEUE_POLL)
+                return True
+            except queue.Full:
+                continue
+        self.counters.abandoned += _row_count(item)
+        return False
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued so far is committed. Returns False on timeout."""
         barrier = Barrier()
-        self._queue.put(barrier)
-        return barrier.done.wait(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                self._queue.put(barrier, timeout=QUEUE_POLL if remaining is None else remaining)
+                break
+            except queue.Full:
+                if remaining == 0.0 or self._abandoned.is_set():
+                    return False
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return barrier.done.wait(remaining)
 
-    def stop(self) -> None:
-        """Commit everything queued, then end the thread."""
-        self._queue.put(_STOP)
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Commit everything queued, then end the thread.
+
+        When the database still rejects writes after `timeout` seconds (a full
+        disk, say), the writer gives up: the rows still in memory are counted
+        in `counters.abandoned` and logged, and stop() returns False.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._queue.put(_STOP, timeout=QUEUE_POLL)
+                break
+            except queue.Full:
+                continue
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if not self._thread.is_alive():
+            return self.counters.abandoned == 0
+
+        self._abandoned.set()
         self._thread.join()
+        left = 0
+        while True:
+            try:
+                left += _row_count(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self.counters.abandoned += left
+        log.error(
+            "gave up writing to the database at shutdown: %d results and summaries were not "
+            "committed (last error: %s)",
+            self.counters.abandoned,
+            self.last_error,
+        )
+        return False
+
+    def alive(self, max_silence: float) -> bool:
+        """Tell whether the writer thread has gone round its loop in the last `max_silence` seconds."""
+        return self._thread.is_alive() and time.monotonic() - self._heartbeat < max_silence
 
     @property
     def queued(self) -> int:
@@ -79,13 +141,17 @@ class Writer:
 
     def _run(self) -> None:
         stopping = False
-        while not stopping:
+        while not stopping and not self._abandoned.is_set():
+            self._heartbeat = time.monotonic()
             batch, stopping = self._collect()
             if batch:
                 self._commit_with_retry(batch)
 
     def _collect(self) -> tuple[list[Any], bool]:
-        first = self._queue.get()
+        try:
+            first = self._queue.get(timeout=QUEUE_POLL)
+        except queue.Empty:
+            return [], False
         if first is _STOP:
             return [], True
         batch = [first]
@@ -109,16 +175,33 @@ class Writer:
 
     def _commit_with_retry(self, batch: list[Any]) -> None:
         # A failed commit (a full disk, say) is retried until it succeeds, so
-        # queued rows are never dropped; the queue bound stops producers meanwhile.
+        # queued rows are not dropped while the daemon runs; the queue bound
+        # stops the producers meanwhile. Only stop() can make it give up.
         while True:
             try:
                 self._commit(batch)
             except sqlcipher3.Error as error:
                 self.counters.failed_transactions += 1
-                log.error("database write failed, retrying in %.0f s: %s", RETRY_DELAY, error)
-                time.sleep(RETRY_DELAY)
+                self.last_error = str(error)
+                self._failures.warning(
+                    "commit",
+                    "database write failed: %s; %d queued items wait in memory, retrying every %.0f s",
+                    error,
+                    self._queue.qsize() + len(batch),
+                    RETRY_DELAY,
+                )
+                self._heartbeat = time.monotonic()
+                if self._abandoned.wait(RETRY_DELAY):
+                    self.counters.abandoned += sum(_row_count(item) for item in batch)
+                    return
                 continue
             break
+        if self.last_error is not None:
+            log.info(
+                "database writes succeed again after %d failed transactions",
+                self.counters.failed_transactions,
+            )
+            self.last_error = None
         for item in batch:
             if isinstance(item, Barrier):
                 item.done.set()
@@ -161,13 +244,22 @@ class Writer:
                 )
             connection.execute("COMMIT")
         except BaseException:
-            connection.execute("ROLLBACK")
+            # SQLite may already have rolled back (on SQLITE_FULL, say); a
+            # second ROLLBACK would then hide the real error.
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
             raise
 
         self.counters.results += len(results)
         self.counters.summaries += len(summaries)
         self.counters.marked_sent += sum(len(mark.outbox_ids) for mark in sent)
         self.counters.transactions += 1
+
+
+def _row_count(item: Any) -> int:
+    if isinstance(item, list):
+        return len(item)
+    return 1 if isinstance(item, (ResultRow, SummaryRow)) else 0
 
 
 def _results_of(item: Any) -> Iterable[ResultRow]:
