@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeward.agent.replay import ReplaySource
 from edgeward.agent.sanitize import SampleFilter
-from edgeward.agent.sources import ReplaySource, SegmentBreak
+from edgeward.agent.sources import SegmentBreak
 from edgeward.agent.summaries import SummaryAggregator
 from edgeward.agent.synthetic import SyntheticSignal
 from edgeward.agent.timeparse import parse_since
@@ -213,3 +214,22 @@ def test_replay_jsonl_names_missing_key(tmp_path: Path, caplog: pytest.LogCaptur
     list(ReplaySource(config, sample_filter).chunks(threading.Event()))
     assert sample_filter.counters.malformed_lines == 1
     assert "key 'X' is not in the record (its keys: t, x); check columns" in caplog.text
+
+
+def test_replay_block_and_row_paths_agree(tmp_path: Path) -> None:
+    lines = ["t,x,y"] + [f"{i},{i * 0.5},{-i}" for i in range(1, 1001)]
+    lines[300] = "300,nan,1"
+    lines[700] = "650,1,1"
+    lines[900] = "bad line"
+    text = "\n".join(lines) + "\n"
+    fast = replay(tmp_path, text, columns=["x", "y"], time_column="t")
+    paced = replay(
+        tmp_path, text, columns=["x", "y"], time_column="t", playback="realtime", speed=1e9
+    )
+    assert fast[0] == paced[0]
+    assert fast[1] == paced[1]
+    assert fast[2].counters == paced[2].counters
+    assert len(fast[0]) == 997
+    assert fast[2].counters.nonfinite_values == 1
+    assert fast[2].counters.time_regressions == 1
+    assert fast[2].counters.malformed_lines == 1

@@ -12,11 +12,12 @@ import numpy as np
 
 from edgeward.agent.inference import Model
 from edgeward.agent.payloads import new_message_id, summary_payload, summary_topic
+from edgeward.agent.replay import ReplaySource
 from edgeward.agent.sanitize import SampleFilter
-from edgeward.agent.sources import SegmentBreak, open_source, source_channels
+from edgeward.agent.sources import SegmentBreak, SyntheticSource, source_channels
 from edgeward.agent.summaries import Summary, SummaryAggregator
 from edgeward.agent.windowing import Windower
-from edgeward.config.schema import Config, StreamConfig
+from edgeward.config.schema import Config, SourceConfig, StreamConfig, SyntheticSourceConfig
 from edgeward.errors import InferenceError
 from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.rows import ResultRow, SummaryRow
@@ -42,7 +43,7 @@ class StreamWorker:
 
         channels = source_channels(stream.source)
         self.filter = SampleFilter(stream.name, stream.bad_input, channels)
-        self._source = open_source(stream.source, self.filter)
+        self._source = _open_source(stream.source, self.filter)
         self._windower = Windower(stream.window.size, stream.window.hop, channels)
         self._aggregator = SummaryAggregator(stream.name, config.summaries.interval)
         self._errors = RateLimitedLog(log, stream.bad_input.log_interval)
@@ -175,3 +176,11 @@ class StreamWorker:
                 payload=payload,
             )
         )
+
+
+def _open_source(
+    config: SourceConfig, sample_filter: SampleFilter
+) -> SyntheticSource | ReplaySource:
+    if isinstance(config, SyntheticSourceConfig):
+        return SyntheticSource(config, sample_filter)
+    return ReplaySource(config, sample_filter)

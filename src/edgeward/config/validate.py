@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from edgeward.agent.sources import parse_time, source_channels, unquote
+from edgeward.agent.replay import parse_time, unquote
+from edgeward.agent.sources import source_channels
 from edgeward.config.schema import Config, ReplaySourceConfig, StreamConfig
 from edgeward.errors import ConfigError
 

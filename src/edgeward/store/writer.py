@@ -8,6 +8,7 @@ outbox row always land together.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -27,6 +28,8 @@ Item = ResultRow | SummaryRow | MarkSent | Barrier | list[ResultRow]
 _STOP = object()
 RETRY_DELAY = 1.0
 QUEUE_POLL = 0.5
+# 200 rows of 9 parameters stay far below SQLite's limit of 32766 parameters per statement.
+ROWS_PER_INSERT = 200
 FAILURE_LOG_INTERVAL = 60.0
 
 
@@ -217,24 +220,7 @@ class Writer:
         connection.execute("BEGIN")
         try:
             if results:
-                connection.executemany(
-                    "INSERT INTO results (stream, data_class, ts, model_sha256, label, score, anomaly,"
-                    " outputs, raw_output) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            r.stream,
-                            r.data_class,
-                            r.ts,
-                            r.model_sha256,
-                            r.label,
-                            r.score,
-                            int(r.anomaly),
-                            r.outputs,
-                            r.raw_output,
-                        )
-                        for r in results
-                    ],
-                )
+                _insert_results(connection, results)
             for summary in summaries:
                 _insert_summary(connection, summary)
             for mark in sent:
@@ -254,6 +240,37 @@ class Writer:
         self.counters.summaries += len(summaries)
         self.counters.marked_sent += sum(len(mark.outbox_ids) for mark in sent)
         self.counters.transactions += 1
+
+
+def _insert_results(connection: Any, results: list[ResultRow]) -> None:
+    # Multi-row INSERTs instead of executemany(): sqlcipher3 releases the GIL
+    # around each statement, so one statement per row made the writer queue
+    # for the GIL once per row behind the stream threads.
+    for start in range(0, len(results), ROWS_PER_INSERT):
+        part = results[start : start + ROWS_PER_INSERT]
+        parameters: list[Any] = []
+        for r in part:
+            parameters += (
+                r.stream,
+                r.data_class,
+                r.ts,
+                r.model_sha256,
+                r.label,
+                r.score,
+                int(r.anomaly),
+                r.outputs,
+                r.raw_output,
+            )
+        connection.execute(_insert_sql(len(part)), parameters)
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_sql(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return (
+        "INSERT INTO results (stream, data_class, ts, model_sha256, label, score, anomaly, outputs,"
+        f" raw_output) VALUES {values}"
+    )
 
 
 def _row_count(item: Any) -> int:
