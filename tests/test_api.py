@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,17 @@ def api(tmp_path: Path) -> Iterator[ApiServer]:
     writer.start()
     writer.put(
         [
-            ResultRow("s1", "inference", float(i), "0" * 64, "a", 0.1 * i, i == 3, "[1.0]", b"")
+            ResultRow(
+                "s1",
+                "inference",
+                float(i),
+                "0" * 64,
+                "a",
+                0.1 * i,
+                i == 3,
+                struct.pack("<d", 1.0),
+                b"",
+            )
             for i in range(5)
         ]
     )
@@ -123,3 +134,8 @@ def test_unknown_stream_is_404(tmp_path: Path) -> None:
         )
     finally:
         server.stop()
+
+
+def test_results_carry_dequantized_outputs(api: ApiServer) -> None:
+    data = client.get(api.socket_path, "/v1/results", {"limit": 1})
+    assert data["results"][0]["outputs"] == [1.0]

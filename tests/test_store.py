@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,15 @@ MARKER = "plaintextmarkerkoala"
 
 def result(ts: float, stream: str = MARKER) -> ResultRow:
     return ResultRow(
-        stream, "inference", ts, "0" * 64, f"label-{MARKER}", 0.5, False, "[0.5]", b"\x01"
+        stream,
+        "inference",
+        ts,
+        "0" * 64,
+        f"label-{MARKER}",
+        0.5,
+        False,
+        struct.pack("<d", 0.5),
+        b"\x01",
     )
 
 

@@ -29,7 +29,8 @@ class Prediction:
     """The output of one window: the raw tensor bytes, the dequantized values and their reading."""
 
     raw_output: bytes
-    outputs: list[float]
+    # Dequantized output values, flattened.
+    outputs: FloatArray
     label: str | None
     score: float
     anomaly: bool
@@ -77,6 +78,7 @@ class Model:
         normalize = normalize or NormalizeConfig()
         self._mean = np.asarray(normalize.mean, dtype=np.float64)
         self._std = np.asarray(normalize.std, dtype=np.float64)
+        self._identity = bool(np.all(self._mean == 0.0) and np.all(self._std == 1.0))
         self.labels = self._check_labels()
         self._check_kind()
         self._warm_up()
@@ -103,7 +105,7 @@ class Model:
 
     def predict(self, window: FloatArray) -> Prediction:
         """Run one [size, channels] window and read its output."""
-        normalized = (window - self._mean) / self._std
+        normalized = window if self._identity else (window - self._mean) / self._std
         tensor = self._to_input_tensor(normalized)
         self._interpreter.set_tensor(self._input["index"], tensor)
         try:
@@ -220,4 +222,4 @@ class Model:
             score = float(flat[0])
             anomaly = threshold is not None and score > threshold
 
-        return Prediction(raw, [float(v) for v in flat], label, score, anomaly)
+        return Prediction(raw, flat, label, score, anomaly)

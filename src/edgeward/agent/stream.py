@@ -133,7 +133,7 @@ class StreamWorker:
                     prediction.label,
                     prediction.score,
                     prediction.anomaly,
-                    json.dumps(prediction.outputs),
+                    prediction.outputs.astype("<f8").tobytes(),
                     prediction.raw_output,
                 )
             )

@@ -42,7 +42,8 @@ class Windower:
         start = 0
         while len(self._times) - start >= self.size:
             end = start + self.size
-            windows.append((float(self._times[end - 1]), self._values[start:end].copy()))
+            # A view is safe: the buffer is only ever replaced, never written in place.
+            windows.append((float(self._times[end - 1]), self._values[start:end]))
             start += self.hop
 
         if start:

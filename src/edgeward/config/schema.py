@@ -102,7 +102,8 @@ class ReplaySourceConfig:
     time_column: str | int | None = None
     # strptime format of the time column; unset means seconds since the epoch.
     time_format: str | None = None
-    # Sample rate used to make timestamps when there is no time column.
+    # Sample rate used to make timestamps when there is no time column: they
+    # start at the time the file is opened and advance by 1 / rate_hz.
     rate_hz: float = 1.0
     playback: Literal["fast", "realtime"] = "fast"
     speed: float = 1.0

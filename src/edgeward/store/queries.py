@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
+
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
 
@@ -29,7 +31,7 @@ def query_results(
             "label": r[5],
             "score": r[6],
             "anomaly": bool(r[7]),
-            "outputs": json.loads(r[8]),
+            "outputs": np.frombuffer(r[8], dtype="<f8").tolist(),
         }
         for r in rows
     ]

@@ -17,7 +17,8 @@ class ResultRow:
     label: str | None
     score: float
     anomaly: bool
-    outputs: str
+    # Dequantized outputs as little-endian float64 values.
+    outputs: bytes
     raw_output: bytes
 
 

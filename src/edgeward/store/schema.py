@@ -25,7 +25,7 @@ MIGRATIONS: list[str] = [
         label TEXT,
         score REAL NOT NULL,
         anomaly INTEGER NOT NULL,
-        outputs TEXT NOT NULL,
+        outputs BLOB NOT NULL,
         raw_output BLOB NOT NULL
     );
     CREATE INDEX results_stream_ts ON results (stream, ts);
