@@ -11,6 +11,7 @@ they first appear, with ``raise ... from`` so the cause stays attached.
     ├── StoreError             the encrypted database failed
     │   ├── WrongKeyError      the key does not open this database; nothing was changed
     │   └── SchemaError        the database schema is newer than this program
+    ├── ConsentError           a consent request names an unknown subject, purpose or class
     ├── InferenceError         a window could not be run through its model
     │   └── ShapeMismatchError the window does not fit the model's input tensor
     └── ApiError               the local API returned an error or could not be reached
@@ -48,6 +49,10 @@ class WrongKeyError(StoreError):
 
 class SchemaError(StoreError):
     """The database was written by a newer edgeward and cannot be opened safely."""
+
+
+class ConsentError(EdgewardError):
+    """A consent request names an unknown subject, purpose or data class."""
 
 
 class InferenceError(EdgewardError):

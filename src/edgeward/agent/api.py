@@ -12,8 +12,10 @@ import logging
 import os
 import socket
 import socketserver
+import struct
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -41,6 +43,24 @@ class UnknownStream(Exception):
     """The stream named in a request is neither configured nor stored."""
 
 
+class NotFound(Exception):
+    """A thing named in a request does not exist; the message is sent with a 404."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One parsed request, with the peer's uid from SO_PEERCRED."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: bytes
+    uid: int | None
+
+
+Handler = Callable[[Request], dict[str, Any]]
+
+
 class ApiServer:
     """Serve the API on a Unix socket from a thread of its own."""
 
@@ -59,6 +79,11 @@ class ApiServer:
         self._lock = threading.Lock()
         self._status = status
         self._streams = streams
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/status": {"GET": self._get_status},
+            "/v1/results": {"GET": self._get_results},
+            "/v1/summaries": {"GET": self._get_summaries},
+        }
         self._mode = socket_mode
         try:
             socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,44 +113,49 @@ class ApiServer:
         except FileNotFoundError:
             pass
 
-    def route(self, method: str, target: str) -> tuple[int, dict[str, Any]]:
+    def add_routes(self, routes: dict[str, dict[str, Handler]]) -> None:
+        """Serve more routes: path -> method -> handler."""
+        for path, methods in routes.items():
+            self._routes.setdefault(path, {}).update(methods)
+
+    def route(
+        self, method: str, target: str, body: bytes = b"", uid: int | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """Route one request and return (HTTP status, JSON body)."""
         parts = urlsplit(target)
-        routes = {
-            "/v1/status": self._get_status,
-            "/v1/results": self._get_results,
-            "/v1/summaries": self._get_summaries,
-        }
-        handler = routes.get(parts.path)
+        methods = self._routes.get(parts.path)
+        if methods is None:
+            available = ", ".join(sorted(self._routes))
+            return 404, {"error": f"no route {parts.path}; available: {available}"}
+        handler = methods.get(method)
         if handler is None:
-            return 404, {"error": f"no route {parts.path}; available: {', '.join(sorted(routes))}"}
-        if method != "GET":
-            return 405, {"error": f"method {method} is not allowed on {parts.path}; use GET"}
+            allowed = " or ".join(sorted(methods))
+            return 405, {"error": f"method {method} is not allowed on {parts.path}; use {allowed}"}
         try:
             query = _single_values(
                 parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
             )
-            return 200, handler(query)
+            return 200, handler(Request(method, parts.path, query, body, uid))
         except BadRequest as error:
             return 400, {"error": str(error)}
-        except UnknownStream as error:
+        except (UnknownStream, NotFound) as error:
             return 404, {"error": str(error)}
 
-    def _get_status(self, query: dict[str, str]) -> dict[str, Any]:
-        _allow(query, set())
+    def _get_status(self, request: Request) -> dict[str, Any]:
+        allow_parameters(request.query, set())
         return self._status()
 
-    def _get_results(self, query: dict[str, str]) -> dict[str, Any]:
-        _allow(query, {"stream", "since", "limit"})
-        stream, since, limit = _stream_since_limit(query)
+    def _get_results(self, request: Request) -> dict[str, Any]:
+        allow_parameters(request.query, {"stream", "since", "limit"})
+        stream, since, limit = _stream_since_limit(request.query)
         with self._lock:
             self._check_stream(stream)
             rows = query_results(self._connection, stream, since, limit)
         return {"results": rows, "count": len(rows)}
 
-    def _get_summaries(self, query: dict[str, str]) -> dict[str, Any]:
-        _allow(query, {"stream", "since", "limit"})
-        stream, since, limit = _stream_since_limit(query)
+    def _get_summaries(self, request: Request) -> dict[str, Any]:
+        allow_parameters(request.query, {"stream", "since", "limit"})
+        stream, since, limit = _stream_since_limit(request.query)
         with self._lock:
             self._check_stream(stream)
             rows = query_summaries(self._connection, stream, since, limit)
@@ -199,14 +229,13 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
                 self.close_connection = True
                 self._send(413, {"error": f"request body must be at most {max_bytes} bytes"})
                 return
-            if int(length):
-                self.rfile.read(int(length))
+            body = self.rfile.read(int(length)) if int(length) else b""
             try:
-                status, body = api.route(method, self.path)
+                status, reply = api.route(method, self.path, body, _peer_uid(self.connection))
             except Exception as error:
                 log.exception("api: %s %s failed", method, self.path)
-                status, body = 500, {"error": f"internal error: {error}"}
-            self._send(status, body)
+                status, reply = 500, {"error": f"internal error: {error}"}
+            self._send(status, reply)
 
         def _send(self, status: int, body: dict[str, Any]) -> None:
             data = (json.dumps(body, indent=None, separators=(",", ":")) + "\n").encode()
@@ -226,6 +255,17 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
     return Handler
 
 
+def _peer_uid(connection: socket.socket) -> int | None:
+    try:
+        credentials = connection.getsockopt(
+            socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
+        )
+    except OSError:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return int(uid)
+
+
 def _single_values(query: dict[str, list[str]]) -> dict[str, str]:
     result = {}
     for key, values in query.items():
@@ -235,7 +275,7 @@ def _single_values(query: dict[str, list[str]]) -> dict[str, str]:
     return result
 
 
-def _allow(query: dict[str, str], allowed: set[str]) -> None:
+def allow_parameters(query: dict[str, str], allowed: set[str]) -> None:
     unknown = sorted(set(query) - allowed)
     if unknown:
         names = ", ".join(sorted(allowed)) or "none"

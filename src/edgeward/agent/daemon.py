@@ -19,6 +19,7 @@ from typing import Any
 from edgeward import __version__
 from edgeward.agent import systemd
 from edgeward.agent.api import ApiServer
+from edgeward.agent.consent_api import consent_routes
 from edgeward.agent.inference import Model
 from edgeward.agent.runtime import resolve_runtime
 from edgeward.agent.sources import source_channels
@@ -28,7 +29,9 @@ from edgeward.config.schema import Config
 from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError, ShapeMismatchError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
+from edgeward.store.audit import verify_chain
 from edgeward.store.database import open_database
+from edgeward.store.ledger import ConsentLedger
 from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, last_sequences
 from edgeward.store.writer import Writer
@@ -84,6 +87,7 @@ class Daemon:
         self._connections: list[Any] = []
         self._status_connection: Any = None
         self._lock: DatabaseLock | None = None
+        self.ledger: ConsentLedger | None = None
         self._status_lock = threading.Lock()
 
     def run(self) -> int:
@@ -138,15 +142,21 @@ class Daemon:
         self._lock.acquire()
         write_connection = open_database(config.database.path, key, writer=True)
         self._connections.append(write_connection)
+        # Read before the writer thread owns the connection.
+        sequences = last_sequences(write_connection)
         self.writer = Writer(
             write_connection, config.database.batch_size, config.database.batch_interval
         )
         self.writer.start()
 
-        sequences = last_sequences(write_connection)
+        ledger_connection = self._reader(key)
+        self.ledger = ConsentLedger(config, self.writer, ledger_connection)
+        self.ledger.apply_config_grants()
         for stream, model in zip(config.streams, models, strict=True):
             self.workers.append(
-                StreamWorker(config, stream, model, self.writer, sequences.get(stream.name, 0))
+                StreamWorker(
+                    config, stream, model, self.writer, sequences.get(stream.name, 0), self.ledger
+                )
             )
 
         self._status_connection = self._reader(key)
@@ -159,14 +169,29 @@ class Daemon:
             config.api.max_request_bytes,
             streams=lambda: [stream.name for stream in config.streams],
         )
+        audit_connection = self._reader(key)
+        audit_lock = threading.Lock()
+        self.api.add_routes(
+            consent_routes(self.ledger, lambda: verify_chain(audit_connection), audit_lock)
+        )
         self.api.start()
 
         if config.mqtt.enabled:
-            self.uplink = Uplink(config.mqtt, config.device_id, self._reader(key), self.writer)
+            self.uplink = Uplink(
+                config.mqtt, config.device_id, self._reader(key), self.writer, self._may_send
+            )
             self.uplink.start()
 
         for worker in self.workers:
             worker.start()
+
+    def _may_send(self, data_class: str, stream: str) -> bool:
+        """Tell whether rows of this class and stream may leave the device now."""
+        class_config = self.config.data_classes.get(data_class)
+        if class_config is None or not class_config.may_leave_device or self.ledger is None:
+            return False
+        subject = next((s.subject for s in self.config.streams if s.name == stream), "device")
+        return self.ledger.missing_purpose(subject, data_class) is None
 
     def _reader(self, key: bytes) -> Any:
         connection = open_database(self.config.database.path, key)

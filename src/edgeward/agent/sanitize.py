@@ -32,6 +32,8 @@ class InputCounters:
     windows: int = 0
     anomalies: int = 0
     inference_errors: int = 0
+    # Windows and summaries not stored because a consent purpose is not granted.
+    withheld_no_consent: int = 0
 
 
 class SampleFilter:

@@ -20,6 +20,7 @@ from edgeward.agent.windowing import Windower
 from edgeward.config.schema import Config, SourceConfig, StreamConfig, SyntheticSourceConfig
 from edgeward.errors import InferenceError
 from edgeward.ratelimit import RateLimitedLog
+from edgeward.store.ledger import ConsentLedger
 from edgeward.store.rows import ResultRow, SummaryRow
 from edgeward.store.writer import Writer
 
@@ -30,7 +31,13 @@ class StreamWorker:
     """Run one stream from its source to the writer queue in a thread of its own."""
 
     def __init__(
-        self, config: Config, stream: StreamConfig, model: Model, writer: Writer, last_seq: int
+        self,
+        config: Config,
+        stream: StreamConfig,
+        model: Model,
+        writer: Writer,
+        last_seq: int,
+        ledger: ConsentLedger | None = None,
     ) -> None:
         self.stream = stream
         self.name = stream.name
@@ -39,6 +46,8 @@ class StreamWorker:
         self._device_id = config.device_id
         self._topic = summary_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
         self._seq = last_seq
+        self._ledger = ledger
+        self._consent_logged: set[tuple[str, str]] = set()
         self._summaries = 0
 
         channels = source_channels(stream.source)
@@ -84,6 +93,7 @@ class StreamWorker:
             "nonfinite_values": counters.nonfinite_values,
             "time_regressions": counters.time_regressions,
             "inference_errors": counters.inference_errors,
+            "withheld_no_consent": counters.withheld_no_consent,
             "summaries": self._summaries,
             "last_seq": self._seq,
             "last_result_at": self.last_result_at,
@@ -112,6 +122,10 @@ class StreamWorker:
 
     def _process(self, windows: list[tuple[float, np.ndarray[Any, Any]]]) -> None:
         if not windows:
+            return
+        if not self._consented(self.stream.data_class):
+            # Without consent a window is neither stored nor summarized.
+            self.filter.counters.withheld_no_consent += len(windows)
             return
         rows = []
         closed: list[Summary | None] = []
@@ -147,13 +161,34 @@ class StreamWorker:
         for summary in closed:
             self._emit(summary)
 
+    def _consented(self, data_class: str) -> bool:
+        if self._ledger is None:
+            return True
+        missing = self._ledger.missing_purpose(self.stream.subject, data_class)
+        if missing is None:
+            return True
+        if (data_class, missing) not in self._consent_logged:
+            self._consent_logged.add((data_class, missing))
+            log.warning(
+                "stream %s: not storing data of class %s: subject %s has no consent in force "
+                "for purpose %s (edgeward consent grant)",
+                self.name,
+                data_class,
+                self.stream.subject,
+                missing,
+            )
+        return False
+
     def _emit(self, summary: Summary | None) -> None:
         if summary is None:
+            return
+        data_class = self.stream.summary_class
+        if not self._consented(data_class):
+            self.filter.counters.withheld_no_consent += 1
             return
         self._seq += 1
         self._summaries += 1
         message_id = new_message_id()
-        data_class = self.stream.summary_class
         payload = summary_payload(
             summary, self._device_id, data_class, self._seq, message_id, self.model.sha256
         )

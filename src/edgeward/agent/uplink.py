@@ -18,6 +18,7 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -29,7 +30,7 @@ from edgeward.agent.payloads import status_topic
 from edgeward.config.schema import MqttConfig
 from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.queries import unsent_page
-from edgeward.store.rows import MarkSent
+from edgeward.store.rows import MarkSent, MarkWithheld
 from edgeward.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,21 @@ class Uplink:
     """Own the MQTT client and the thread that drains the outbox."""
 
     def __init__(
-        self, config: MqttConfig, device_id: str, read_connection: Any, writer: Writer
+        self,
+        config: MqttConfig,
+        device_id: str,
+        read_connection: Any,
+        writer: Writer,
+        may_send: Callable[[str, str], bool] | None = None,
     ) -> None:
         self._config = config
         self._device_id = device_id
         self._connection = read_connection
         self._writer = writer
         self._status_topic = status_topic(config.topic_prefix, device_id)
+        # (data class, stream) -> whether its rows may leave the device now.
+        self._may_send = may_send or (lambda data_class, stream: True)
+        self.withheld = 0
 
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._inflight: dict[int, int] = {}
@@ -113,6 +122,7 @@ class Uplink:
             "published": self.published,
             "acknowledged": self.acknowledged,
             "in_flight": len(self._inflight),
+            "withheld": self.withheld,
             "last_error": self.last_error,
         }
 
@@ -209,7 +219,13 @@ class Uplink:
         room = min(self._config.page_size, self._config.max_inflight - len(self._inflight))
         rows = unsent_page(self._connection, self._last_handed, room)
         handed = 0
-        for outbox_id, topic, payload in rows:
+        withheld = []
+        for outbox_id, topic, payload, data_class, stream in rows:
+            if not self._may_send(data_class, stream):
+                withheld.append(outbox_id)
+                self._last_handed = outbox_id
+                handed += 1
+                continue
             info = self._client.publish(topic, payload, qos=1)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 # Not connected after all: paho keeps the message queued and sends
@@ -219,6 +235,10 @@ class Uplink:
             self._last_handed = outbox_id
             self.published += 1
             handed += 1
+        if withheld:
+            # These rows stay in the database and never leave the device.
+            self.withheld += len(withheld)
+            self._writer.put(MarkWithheld(withheld, time.time()))
         return handed
 
     def _drain_acks(self) -> None:

@@ -73,6 +73,27 @@ class DataClassConfig:
     tier: Literal["public", "internal", "confidential", "restricted"] = "internal"
     retention: Duration = 30 * 86400.0
     may_leave_device: bool = False
+    # Consent purposes that the stream's subject must have granted for this
+    # class before its data is stored or synced. Empty: no consent needed.
+    purposes: list[str] = field(default_factory=list)
+    # Delete the class's stored rows of a subject when it revokes a purpose.
+    erase_on_revoke: bool = False
+
+
+@dataclass
+class PurposeConfig:
+    """A purpose that subjects can grant consent for."""
+
+    description: str = ""
+
+
+@dataclass
+class ConsentGrantConfig:
+    """A grant recorded in the consent ledger at start, with actor "config"."""
+
+    subject: str = ""
+    purpose: str = ""
+    data_classes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -167,6 +188,8 @@ class StreamConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data_class: str = "inference"
     summary_class: str = "summary"
+    # Whose data this stream records, for consent checks.
+    subject: str = "device"
     bad_input: BadInputConfig = field(default_factory=BadInputConfig)
 
 
@@ -197,11 +220,18 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     summaries: SummaryConfig = field(default_factory=SummaryConfig)
     data_classes: dict[str, DataClassConfig] = field(default_factory=default_data_classes)
+    purposes: dict[str, PurposeConfig] = field(default_factory=dict)
+    # Consent subjects besides the streams' own.
+    subjects: list[str] = field(default_factory=list)
+    consents: list[ConsentGrantConfig] = field(default_factory=list)
     streams: list[StreamConfig] = field(default_factory=list)
     # Where each key path was found in the file, as "line:column", for
     # errors found after loading (a model that fails to load, say).
     locations: dict[str, str] = field(default_factory=dict, repr=False)
     source_file: Path | None = None
+
+    def known_subjects(self) -> set[str]:
+        return {*self.subjects, *(stream.subject for stream in self.streams)}
 
     def where(self, key_path: str) -> str:
         """Format a key path with its file position for an error message."""

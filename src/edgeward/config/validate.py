@@ -41,6 +41,8 @@ def check_config(config: Config) -> None:
     if config.summaries.interval <= 0:
         problems.append(f"{where('summaries.interval')}: must be longer than 0 seconds")
 
+    problems.extend(_check_consent_config(config))
+
     names: set[str] = set()
     for index, stream in enumerate(config.streams):
         prefix = f"streams[{index}]"
@@ -51,6 +53,35 @@ def check_config(config: Config) -> None:
 
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _check_consent_config(config: Config) -> list[str]:
+    problems = []
+    where = config.where
+    purposes = ", ".join(sorted(config.purposes)) or "none"
+    for name, data_class in config.data_classes.items():
+        for index, purpose in enumerate(data_class.purposes):
+            if purpose not in config.purposes:
+                problems.append(
+                    f"{where(f'data_classes.{name}.purposes[{index}]')}: unknown purpose {purpose!r}; "
+                    f"declare it under 'purposes:' (declared: {purposes})"
+                )
+    for index, grant in enumerate(config.consents):
+        prefix = f"consents[{index}]"
+        if grant.subject not in config.known_subjects():
+            problems.append(
+                f"{where(prefix + '.subject')}: unknown subject {grant.subject!r}; add it under 'subjects:'"
+            )
+        if grant.purpose not in config.purposes:
+            problems.append(
+                f"{where(prefix + '.purpose')}: unknown purpose {grant.purpose!r}; declared: {purposes}"
+            )
+        for class_index, name in enumerate(grant.data_classes):
+            if name not in config.data_classes:
+                problems.append(
+                    f"{where(f'{prefix}.data_classes[{class_index}]')}: unknown data class {name!r}"
+                )
+    return problems
 
 
 def _check_stream(config: Config, stream: StreamConfig, prefix: str) -> list[str]:

@@ -75,9 +75,13 @@ def count_rows(connection: Any) -> dict[str, int]:
     results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
     summaries = connection.execute("SELECT count(*) FROM summaries").fetchone()[0]
     backlog, oldest = connection.execute(
-        "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL"
+        "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL AND withheld_at IS NULL"
     ).fetchone()
+    withheld = connection.execute(
+        "SELECT count(*) FROM outbox WHERE withheld_at IS NOT NULL"
+    ).fetchone()[0]
     return {
+        "outbox_withheld": withheld,
         "results": results,
         "summaries": summaries,
         "outbox_backlog": backlog,
@@ -85,10 +89,17 @@ def count_rows(connection: Any) -> dict[str, int]:
     }
 
 
-def unsent_page(connection: Any, after_id: int, limit: int) -> list[tuple[int, str, bytes]]:
-    """Return up to `limit` unsent outbox rows after `after_id`, in id order: (id, topic, payload)."""
-    rows: list[tuple[int, str, bytes]] = connection.execute(
-        "SELECT id, topic, payload FROM outbox WHERE sent_at IS NULL AND id > ? ORDER BY id LIMIT ?",
+def unsent_page(
+    connection: Any, after_id: int, limit: int
+) -> list[tuple[int, str, bytes, str, str]]:
+    """Return up to `limit` unsent outbox rows after `after_id`, in id order.
+
+    Each row is (id, topic, payload, data class, stream).
+    """
+    rows: list[tuple[int, str, bytes, str, str]] = connection.execute(
+        "SELECT o.id, o.topic, o.payload, s.data_class, s.stream FROM outbox o"
+        " JOIN summaries s ON s.id = o.summary_id"
+        " WHERE o.sent_at IS NULL AND o.withheld_at IS NULL AND o.id > ? ORDER BY o.id LIMIT ?",
         (after_id, limit),
     ).fetchall()
     return rows

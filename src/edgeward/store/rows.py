@@ -5,6 +5,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from edgeward.store.audit import AuditEvent
+from edgeward.store.consent import ConsentRecord
+
 
 @dataclass(frozen=True)
 class ResultRow:
@@ -51,8 +54,39 @@ class MarkSent:
     sent_at: float
 
 
+@dataclass(frozen=True)
+class MarkWithheld:
+    """Outbox rows that must not leave the device: no consent, or a class kept local."""
+
+    outbox_ids: list[int]
+    withheld_at: float
+
+
 @dataclass
 class Barrier:
     """Set once everything queued before it is committed."""
 
     done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class Erasure:
+    """Stored rows of one data class and some streams to delete."""
+
+    data_class: str
+    streams: tuple[str, ...]
+
+
+@dataclass
+class LedgerEntry:
+    """A consent record, the erasures it causes, and their audit events, committed together.
+
+    `done` is set after the commit; `consent_id` and `erased` then hold what was written.
+    """
+
+    consent: ConsentRecord | None
+    audit: list[AuditEvent]
+    erasures: list[Erasure] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    consent_id: int | None = None
+    erased: dict[str, int] = field(default_factory=dict)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlcipher3
+
 from edgeward.errors import SchemaError
 
 log = logging.getLogger(__name__)
@@ -60,9 +62,59 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
     """,
+    # 2: the consent ledger, the audit log, and withheld outbox rows.
+    """
+    CREATE TABLE consents (
+        id INTEGER PRIMARY KEY,
+        subject TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        data_classes TEXT NOT NULL,
+        action TEXT NOT NULL CHECK (action IN ('grant', 'revoke')),
+        recorded_at REAL NOT NULL,
+        expires_at REAL,
+        actor TEXT NOT NULL,
+        method TEXT NOT NULL,
+        policy_sha256 TEXT
+    );
+    CREATE TRIGGER consents_no_update BEFORE UPDATE ON consents
+    BEGIN
+        SELECT RAISE(ABORT, 'the consent ledger is append-only');
+    END;
+    CREATE TRIGGER consents_no_delete BEFORE DELETE ON consents
+    BEGIN
+        SELECT RAISE(ABORT, 'the consent ledger is append-only');
+    END;
+
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        actor TEXT NOT NULL,
+        event TEXT NOT NULL,
+        details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    );
+
+    ALTER TABLE outbox ADD COLUMN withheld_at REAL;
+    DROP INDEX outbox_unsent;
+    CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL AND withheld_at IS NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def split_statements(script: str) -> list[str]:
+    """Split a script into statements; a trigger's body keeps its inner semicolons."""
+    statements = []
+    buffer = ""
+    for part in script.split(";"):
+        buffer += part + ";"
+        if sqlcipher3.complete_statement(buffer):
+            if buffer.strip(" \n;"):
+                statements.append(buffer.strip())
+            buffer = ""
+    return statements
 
 
 def migrate(connection: Any, path: str) -> None:
@@ -83,9 +135,8 @@ def migrate(connection: Any, path: str) -> None:
     connection.execute("BEGIN IMMEDIATE")
     try:
         for step in MIGRATIONS[current:]:
-            for statement in step.split(";"):
-                if statement.strip():
-                    connection.execute(statement)
+            for statement in split_statements(step):
+                connection.execute(statement)
         connection.execute("DELETE FROM schema_version")
         connection.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         connection.execute("COMMIT")

@@ -20,11 +20,21 @@ from typing import Any
 import sqlcipher3
 
 from edgeward.ratelimit import RateLimitedLog
-from edgeward.store.rows import Barrier, MarkSent, ResultRow, SummaryRow
+from edgeward.store.audit import insert_event, read_head
+from edgeward.store.consent import classes_json
+from edgeward.store.rows import (
+    Barrier,
+    Erasure,
+    LedgerEntry,
+    MarkSent,
+    MarkWithheld,
+    ResultRow,
+    SummaryRow,
+)
 
 log = logging.getLogger(__name__)
 
-Item = ResultRow | SummaryRow | MarkSent | Barrier | list[ResultRow]
+Item = ResultRow | SummaryRow | MarkSent | MarkWithheld | LedgerEntry | Barrier | list[ResultRow]
 _STOP = object()
 RETRY_DELAY = 1.0
 QUEUE_POLL = 0.5
@@ -65,6 +75,7 @@ class Writer:
         self.last_error: str | None = None
         self._abandoned = threading.Event()
         self._heartbeat = time.monotonic()
+        self._audit_head = read_head(connection)
         self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
 
     def start(self) -> None:
@@ -213,9 +224,12 @@ class Writer:
         results = [row for item in batch for row in _results_of(item)]
         summaries = [item for item in batch if isinstance(item, SummaryRow)]
         sent = [item for item in batch if isinstance(item, MarkSent)]
+        withheld = [item for item in batch if isinstance(item, MarkWithheld)]
+        ledger = [item for item in batch if isinstance(item, LedgerEntry)]
         connection = self._connection
-        if not (results or summaries or sent):
+        if not (results or summaries or sent or withheld or ledger):
             return
+        head = self._audit_head
 
         connection.execute("BEGIN")
         try:
@@ -228,6 +242,13 @@ class Writer:
                     "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
                     [(mark.sent_at, outbox_id) for outbox_id in mark.outbox_ids],
                 )
+            for hold in withheld:
+                connection.executemany(
+                    "UPDATE outbox SET withheld_at = ? WHERE id = ? AND sent_at IS NULL",
+                    [(hold.withheld_at, outbox_id) for outbox_id in hold.outbox_ids],
+                )
+            for entry in ledger:
+                head = _write_ledger_entry(connection, head, entry)
             connection.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back (on SQLITE_FULL, say); a
@@ -236,6 +257,9 @@ class Writer:
                 connection.execute("ROLLBACK")
             raise
 
+        self._audit_head = head
+        for entry in ledger:
+            entry.done.set()
         self.counters.results += len(results)
         self.counters.summaries += len(summaries)
         self.counters.marked_sent += sum(len(mark.outbox_ids) for mark in sent)
@@ -271,6 +295,57 @@ def _insert_sql(rows: int) -> str:
         "INSERT INTO results (stream, data_class, ts, model_sha256, label, score, anomaly, outputs,"
         f" raw_output) VALUES {values}"
     )
+
+
+def _write_ledger_entry(
+    connection: Any, head: tuple[int, str], entry: LedgerEntry
+) -> tuple[int, str]:
+    details: dict[str, Any] = {}
+    consent = entry.consent
+    if consent is not None:
+        cursor = connection.execute(
+            "INSERT INTO consents (subject, purpose, data_classes, action, recorded_at, expires_at,"
+            " actor, method, policy_sha256) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                consent.subject,
+                consent.purpose,
+                classes_json(consent.data_classes),
+                consent.action,
+                consent.recorded_at,
+                consent.expires_at,
+                consent.actor,
+                consent.method,
+                consent.policy_sha256,
+            ),
+        )
+        entry.consent_id = cursor.lastrowid
+        details["consent_id"] = cursor.lastrowid
+    entry.erased = {}
+    for erasure in entry.erasures:
+        entry.erased[erasure.data_class] = _erase(connection, erasure)
+    for event in entry.audit:
+        event.details.update(details)
+        if entry.erased and event.event.startswith("consent."):
+            event.details["erased_rows"] = dict(entry.erased)
+        head = insert_event(connection, head, event)
+    return head
+
+
+def _erase(connection: Any, erasure: Erasure) -> int:
+    marks = ", ".join("?" * len(erasure.streams))
+    params = (erasure.data_class, *erasure.streams)
+    deleted = 0
+    connection.execute(
+        "DELETE FROM outbox WHERE summary_id IN (SELECT id FROM summaries"
+        f" WHERE data_class = ? AND stream IN ({marks}))",
+        params,
+    )
+    for table in ("results", "summaries"):
+        cursor = connection.execute(
+            f"DELETE FROM {table} WHERE data_class = ? AND stream IN ({marks})", params
+        )
+        deleted += cursor.rowcount
+    return deleted
 
 
 def _row_count(item: Any) -> int:
