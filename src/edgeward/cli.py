@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edgeward import __version__, client
+from edgeward import __version__, cli_consent, client
 from edgeward.config import load_config
 from edgeward.errors import EdgewardError
 
@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the running daemon's status")
     _add_socket_options(status)
     status.set_defaults(handler=_status)
+
+    cli_consent.add_commands(commands, _add_socket_options, _socket_path)
 
     query = commands.add_parser("query", help="read stored results or summaries")
     query_commands = query.add_subparsers(metavar="TABLE", required=True)

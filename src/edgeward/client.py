@@ -30,9 +30,21 @@ def get(
     """GET a path of the API and return the decoded JSON body. Raises ApiError."""
     query = {k: v for k, v in (params or {}).items() if v is not None}
     target = path + ("?" + urlencode(query) if query else "")
+    return _request(socket_path, "GET", target, None, timeout)
+
+
+def post(socket_path: Path, path: str, body: dict[str, Any], timeout: float = 40.0) -> Any:
+    """POST a JSON body to a path of the API and return the decoded JSON reply. Raises ApiError."""
+    return _request(socket_path, "POST", path, json.dumps(body).encode(), timeout)
+
+
+def _request(
+    socket_path: Path, method: str, target: str, payload: bytes | None, timeout: float
+) -> Any:
     connection = _UnixConnection(socket_path, timeout)
+    headers = {"Content-Type": "application/json"} if payload is not None else {}
     try:
-        connection.request("GET", target)
+        connection.request(method, target, body=payload, headers=headers)
         response = connection.getresponse()
         body = response.read()
     except FileNotFoundError:

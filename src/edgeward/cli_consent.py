@@ -1,0 +1,151 @@
+"""`edgeward consent` and `edgeward audit`: the ledger and the audit log through the local API."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgeward import client
+from edgeward.agent.timeparse import parse_since
+from edgeward.errors import ConsentError
+
+SocketPath = Callable[[argparse.Namespace], Path]
+
+
+def add_commands(
+    commands: Any,
+    add_socket_options: Callable[[argparse.ArgumentParser], None],
+    socket_path: SocketPath,
+) -> None:
+    """Add the consent and audit subcommands to the top-level parser."""
+    consent = commands.add_parser("consent", help="grant, revoke and list consent")
+    actions = consent.add_subparsers(metavar="ACTION", required=True)
+    for action in ("grant", "revoke"):
+        sub = actions.add_parser(action, help=f"{action} a purpose for a subject")
+        sub.add_argument("--subject", required=True, help="whose data (a configured subject)")
+        sub.add_argument("--purpose", required=True, help="a purpose declared under 'purposes:'")
+        sub.add_argument(
+            "--class",
+            dest="data_classes",
+            action="append",
+            default=[],
+            help="a data class; repeat for several (default: every class that needs the purpose)",
+        )
+        if action == "grant":
+            sub.add_argument(
+                "--expires", help="when the grant ends: '30d', an ISO 8601 time or epoch seconds"
+            )
+            sub.add_argument(
+                "--policy",
+                type=Path,
+                help="the policy text the subject agreed to; its SHA-256 is recorded",
+            )
+        sub.add_argument(
+            "--method", default="cli", help="how consent was given (default: %(default)s)"
+        )
+        add_socket_options(sub)
+        sub.set_defaults(handler=lambda args, a=action: _record(args, a, socket_path))
+
+    listing = actions.add_parser("list", help="list the grants in force")
+    add_socket_options(listing)
+    listing.set_defaults(handler=lambda args: _list(args, socket_path))
+
+    history = actions.add_parser("history", help="list every grant and revocation, oldest first")
+    history.add_argument("--subject", help="only this subject")
+    add_socket_options(history)
+    history.set_defaults(handler=lambda args: _history(args, socket_path))
+
+    audit = commands.add_parser("audit", help="check the audit log")
+    audit_actions = audit.add_subparsers(metavar="ACTION", required=True)
+    verify = audit_actions.add_parser("verify", help="check the audit log's hash chain")
+    add_socket_options(verify)
+    verify.set_defaults(handler=lambda args: _verify(args, socket_path))
+
+
+def _record(args: argparse.Namespace, action: str, socket_path: SocketPath) -> int:
+    body: dict[str, Any] = {
+        "action": action,
+        "subject": args.subject,
+        "purpose": args.purpose,
+        "data_classes": args.data_classes,
+        "method": args.method,
+    }
+    if action == "grant":
+        if args.expires:
+            body["expires_at"] = _future_time(args.expires)
+        if args.policy:
+            try:
+                body["policy_sha256"] = hashlib.sha256(args.policy.read_bytes()).hexdigest()
+            except OSError as error:
+                raise ConsentError(
+                    f"policy file {args.policy} could not be read: {error.strerror}"
+                ) from None
+    reply = client.post(socket_path(args), "/v1/consents", body)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    record = reply["consent"]
+    print(f"{action} recorded (id {record['id']}): {_describe(record)}")
+    for data_class, rows in sorted(reply["erased_rows"].items()):
+        print(f"erased {rows} stored rows of class {data_class}")
+    return 0
+
+
+def _future_time(text: str) -> float:
+    now = time.time()
+    try:
+        if text[-1:] in "smhd" and text[:-1].replace(".", "", 1).isdigit():
+            # A duration counts forward here, unlike --since.
+            return now + (now - parse_since(text, now))
+        return parse_since(text, now)
+    except ValueError as error:
+        raise ConsentError(f"--expires: {error}") from None
+
+
+def _list(args: argparse.Namespace, socket_path: SocketPath) -> int:
+    reply = client.get(socket_path(args), "/v1/consents")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    if not reply["consents"]:
+        print("no grants in force")
+    for record in reply["consents"]:
+        print(_describe(record))
+    return 0
+
+
+def _history(args: argparse.Namespace, socket_path: SocketPath) -> int:
+    reply = client.get(socket_path(args), "/v1/consents/history", {"subject": args.subject})
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    for record in reply["history"]:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record["recorded_at"]))
+        print(f"{when} {record['action']:<6} {_describe(record)}")
+    return 0
+
+
+def _verify(args: argparse.Namespace, socket_path: SocketPath) -> int:
+    reply = client.get(socket_path(args), "/v1/audit/verify")
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif reply["ok"]:
+        print(f"audit log OK: {reply['rows']} rows, every link intact")
+    else:
+        print(f"audit log BROKEN at row {reply['broken_id']}: {reply['reason']}")
+    return 0 if reply["ok"] else 1
+
+
+def _describe(record: dict[str, Any]) -> str:
+    expires = record.get("expires_at")
+    until = time.strftime(" until %Y-%m-%d %H:%M:%S UTC", time.gmtime(expires)) if expires else ""
+    classes = ", ".join(record["data_classes"]) or "all classes"
+    return (
+        f"subject {record['subject']}, purpose {record['purpose']}, classes {classes}{until}, "
+        f"by {record['actor']} ({record['method']})"
+    )
