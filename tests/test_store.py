@@ -12,7 +12,7 @@ import pytest
 import sqlcipher3
 
 from edgeward.errors import KeyFileError, SchemaError, StoreError, WrongKeyError
-from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
+from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key, master_key_path
 from edgeward.store.database import open_database
 from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, query_results, unsent_page
@@ -167,7 +167,7 @@ def test_world_readable_key_file_is_rejected(tmp_path: Path) -> None:
     path = tmp_path / "master.key"
     path.write_text("ab" * 32)
     os.chmod(path, 0o644)
-    with pytest.raises(KeyFileError, match="run 'chmod 600"):
+    with pytest.raises(KeyFileError, match="has mode 0644"):
         load_master_key(path)
 
 
@@ -243,3 +243,36 @@ def test_database_lock_rejects_second_holder(tmp_path: Path) -> None:
     second = DatabaseLock(tmp_path / "db")
     second.acquire()
     second.release()
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640, 0o400, 0o440])
+def test_key_file_modes_accepted(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "master.key"
+    path.write_text("ab" * 32)
+    os.chmod(path, mode)
+    assert load_master_key(path) == bytes.fromhex("ab" * 32)
+
+
+@pytest.mark.parametrize("mode", [0o660, 0o604, 0o700])
+def test_key_file_modes_rejected(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "master.key"
+    path.write_text("ab" * 32)
+    os.chmod(path, mode)
+    with pytest.raises(KeyFileError, match=f"has mode {mode:04o}"):
+        load_master_key(path)
+
+
+def test_master_key_from_systemd_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "edgeward-key").write_text("cd" * 32)
+    os.chmod(tmp_path / "edgeward-key", 0o400)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    path = master_key_path(Path("/nonexistent"), "edgeward-key")
+    assert load_master_key(path) == bytes.fromhex("cd" * 32)
+
+
+def test_credential_without_systemd_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(KeyFileError, match="CREDENTIALS_DIRECTORY is not set"):
+        master_key_path(Path("/etc/edgeward/master.key"), "edgeward-key")

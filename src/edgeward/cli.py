@@ -131,11 +131,11 @@ def _demo(args: argparse.Namespace) -> int:
 def _config_check(args: argparse.Namespace) -> int:
     from edgeward.agent.daemon import load_models
     from edgeward.config.validate import check_config
-    from edgeward.security.keys import load_master_key
+    from edgeward.security.keys import load_master_key, master_key_path
 
     config = load_config(args.file)
     check_config(config)
-    key_file = config.database.key_file
+    key_file = master_key_path(config.database.key_file, config.database.key_credential)
     if not (config.database.create_key and not key_file.exists()):
         load_master_key(key_file)
     models = load_models(config)

@@ -28,7 +28,7 @@ from edgeward.agent.uplink import Uplink
 from edgeward.config.schema import Config
 from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError, ShapeMismatchError
-from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
+from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key, master_key_path
 from edgeward.store.audit import verify_chain
 from edgeward.store.database import open_database
 from edgeward.store.ledger import ConsentLedger
@@ -135,7 +135,10 @@ class Daemon:
 
     def _start(self, models: list[Model]) -> None:
         config = self.config
-        master = load_master_key(config.database.key_file, create=config.database.create_key)
+        key_path = master_key_path(config.database.key_file, config.database.key_credential)
+        master = load_master_key(
+            key_path, create=config.database.create_key and key_path == config.database.key_file
+        )
         key = derive_key(master, DATABASE_KEY_INFO)
 
         self._lock = DatabaseLock(config.database.path)

@@ -22,6 +22,9 @@ class DatabaseConfig:
 
     path: Path = Path("/var/lib/edgeward/edgeward.db")
     key_file: Path = Path("/etc/edgeward/master.key")
+    # Name of a systemd credential holding the master key; when set, the key is
+    # read from $CREDENTIALS_DIRECTORY/<name> instead of key_file.
+    key_credential: str | None = None
     # Create a missing key file (mode 0600). Meant for demos and tests only:
     # a production device gets its key at install time.
     create_key: bool = False

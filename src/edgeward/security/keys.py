@@ -21,6 +21,9 @@ from edgeward.errors import KeyFileError
 log = logging.getLogger(__name__)
 
 KEY_BYTES = 32
+# Owner read/write and group read at most: 0600, 0640, 0400 and 0440 pass.
+ALLOWED_KEY_MODE = 0o640
+CREDENTIALS_ENV = "CREDENTIALS_DIRECTORY"
 DATABASE_KEY_INFO = b"edgeward/sqlcipher/v1"
 
 
@@ -39,10 +42,11 @@ def load_master_key(path: Path, create: bool = False) -> bytes:
     except OSError as error:
         raise KeyFileError(f"key file {path} could not be read: {error.strerror}") from error
 
-    if info.st_mode & stat.S_IRWXO:
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & ~ALLOWED_KEY_MODE:
         raise KeyFileError(
-            f"key file {path} is accessible by other users (mode {stat.S_IMODE(info.st_mode):04o}); "
-            f"run 'chmod 600 {path}'"
+            f"key file {path} has mode {mode:04o}, which lets other users read or change it; "
+            f"run 'chmod 600 {path}' (0640 is allowed for a group of readers)"
         )
 
     try:
@@ -50,6 +54,23 @@ def load_master_key(path: Path, create: bool = False) -> bytes:
     except OSError as error:
         raise KeyFileError(f"key file {path} could not be read: {error.strerror}") from error
     return _parse_key(data, path)
+
+
+def master_key_path(key_file: Path, credential: str | None) -> Path:
+    """Return where the master key is: a systemd credential when one is named and passed, else the key file.
+
+    systemd's LoadCredential= and LoadCredentialEncrypted= put the credential in
+    $CREDENTIALS_DIRECTORY/<name>, readable only by the service.
+    """
+    if credential is None:
+        return key_file
+    directory = os.environ.get(CREDENTIALS_ENV)
+    if directory is None:
+        raise KeyFileError(
+            f"database.key_credential is {credential!r} but ${CREDENTIALS_ENV} is not set; "
+            f"run under systemd with LoadCredential={credential}:<key file>, or unset key_credential"
+        )
+    return Path(directory) / credential
 
 
 def derive_key(master_key: bytes, info: bytes) -> bytes:
