@@ -34,6 +34,7 @@ from edgeward.store.database import open_database
 from edgeward.store.ledger import ConsentLedger
 from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, last_sequences
+from edgeward.store.retention import Pruner
 from edgeward.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Daemon:
         self._status_connection: Any = None
         self._lock: DatabaseLock | None = None
         self.ledger: ConsentLedger | None = None
+        self.pruner: Pruner | None = None
         self._status_lock = threading.Lock()
 
     def run(self) -> int:
@@ -129,6 +131,8 @@ class Daemon:
                 "committed_summaries": writer.counters.summaries if writer else 0,
                 "failed_transactions": writer.counters.failed_transactions if writer else 0,
                 "last_write_error": writer.last_error if writer else None,
+                "disk_budget": self.config.database.disk_budget,
+                "retention_deleted": dict(self.pruner.deleted) if self.pruner else {},
             },
             "mqtt": self.uplink.status() if self.uplink else {"enabled": False},
         }
@@ -161,6 +165,9 @@ class Daemon:
                     config, stream, model, self.writer, sequences.get(stream.name, 0), self.ledger
                 )
             )
+
+        self.pruner = Pruner(config, self.writer, self._reader(key), threading.Lock())
+        self.pruner.start()
 
         self._status_connection = self._reader(key)
         self.api = ApiServer(
@@ -231,6 +238,8 @@ class Daemon:
             # A worker blocked on a full writer queue is released below, when
             # the writer commits or gives up.
             worker.join(STOP_TIMEOUT)
+        if self.pruner is not None:
+            self.pruner.stop()
         if self.writer is not None:
             self.writer.flush(STOP_TIMEOUT)
         if self.uplink is not None:

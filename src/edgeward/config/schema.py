@@ -30,6 +30,10 @@ class DatabaseConfig:
     create_key: bool = False
     batch_size: int = 256
     batch_interval: Duration = 0.2
+    # Bytes of database pages the store may use; over it, the lowest tier's
+    # oldest rows are pruned first. Unset: no budget.
+    disk_budget: int | None = None
+    prune_interval: Duration = 60.0
 
 
 @dataclass

@@ -62,7 +62,8 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
     """,
-    # 2: the consent ledger, the audit log, and withheld outbox rows.
+    # 2: the consent ledger, the audit log, withheld outbox rows, and the
+    # commit time of results, which retention counts from.
     """
     CREATE TABLE consents (
         id INTEGER PRIMARY KEY,
@@ -96,6 +97,7 @@ MIGRATIONS: list[str] = [
     );
 
     ALTER TABLE outbox ADD COLUMN withheld_at REAL;
+    ALTER TABLE results ADD COLUMN stored_at REAL;
     DROP INDEX outbox_unsent;
     CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL AND withheld_at IS NULL;
     """,

@@ -22,6 +22,7 @@ import sqlcipher3
 from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.audit import insert_event, read_head
 from edgeward.store.consent import classes_json
+from edgeward.store.retention import Prune, prune_batch
 from edgeward.store.rows import (
     Barrier,
     Erasure,
@@ -38,7 +39,7 @@ Item = ResultRow | SummaryRow | MarkSent | MarkWithheld | LedgerEntry | Barrier 
 _STOP = object()
 RETRY_DELAY = 1.0
 QUEUE_POLL = 0.5
-# 200 rows of 9 parameters stay far below SQLite's limit of 32766 parameters per statement.
+# 200 rows of 10 parameters stay far below SQLite's limit of 32766 parameters per statement.
 ROWS_PER_INSERT = 200
 FAILURE_LOG_INTERVAL = 60.0
 
@@ -226,15 +227,16 @@ class Writer:
         sent = [item for item in batch if isinstance(item, MarkSent)]
         withheld = [item for item in batch if isinstance(item, MarkWithheld)]
         ledger = [item for item in batch if isinstance(item, LedgerEntry)]
+        prunes = [item for item in batch if isinstance(item, Prune)]
         connection = self._connection
-        if not (results or summaries or sent or withheld or ledger):
+        if not (results or summaries or sent or withheld or ledger or prunes):
             return
         head = self._audit_head
 
         connection.execute("BEGIN")
         try:
             if results:
-                _insert_results(connection, results)
+                _insert_results(connection, results, time.time())
             for summary in summaries:
                 _insert_summary(connection, summary)
             for mark in sent:
@@ -249,6 +251,8 @@ class Writer:
                 )
             for entry in ledger:
                 head = _write_ledger_entry(connection, head, entry)
+            for prune in prunes:
+                prune.deleted = prune_batch(connection, prune)
             connection.execute("COMMIT")
         except BaseException:
             # SQLite may already have rolled back (on SQLITE_FULL, say); a
@@ -260,13 +264,15 @@ class Writer:
         self._audit_head = head
         for entry in ledger:
             entry.done.set()
+        for prune in prunes:
+            prune.done.set()
         self.counters.results += len(results)
         self.counters.summaries += len(summaries)
         self.counters.marked_sent += sum(len(mark.outbox_ids) for mark in sent)
         self.counters.transactions += 1
 
 
-def _insert_results(connection: Any, results: list[ResultRow]) -> None:
+def _insert_results(connection: Any, results: list[ResultRow], stored_at: float) -> None:
     # Multi-row INSERTs instead of executemany(): sqlcipher3 releases the GIL
     # around each statement, so one statement per row made the writer queue
     # for the GIL once per row behind the stream threads.
@@ -284,16 +290,17 @@ def _insert_results(connection: Any, results: list[ResultRow]) -> None:
                 int(r.anomaly),
                 r.outputs,
                 r.raw_output,
+                stored_at,
             )
         connection.execute(_insert_sql(len(part)), parameters)
 
 
 @functools.lru_cache(maxsize=16)
 def _insert_sql(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     return (
         "INSERT INTO results (stream, data_class, ts, model_sha256, label, score, anomaly, outputs,"
-        f" raw_output) VALUES {values}"
+        f" raw_output, stored_at) VALUES {values}"
     )
 
 
