@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -243,9 +244,21 @@ def test_consent_controls_storage_and_sync(
         history = cli("consent", "history", "--subject", "alice", *sock)
         assert history.stdout.count("grant ") == 2
         assert history.stdout.count("revoke") == 1
+        exported = tmp_path / "alice.jsonl"
+        export = cli("export", "--subject", "alice", "--output", str(exported), *sock)
+        assert export.returncode == 0, export.stderr
+        lines = [json.loads(line) for line in exported.read_text().splitlines()]
+        tables = [line["table"] for line in lines]
+        assert tables.count("consents") == 3
+        assert tables.count("results") == stored_results(tmp_path)
+        assert {line["stream"] for line in lines if line["table"] == "results"} == {"pulse"}
+        unknown = cli("export", "--subject", "mallory", *sock)
+        assert unknown.returncode == 1
+        assert "unknown subject 'mallory'" in unknown.stderr
+
         verify = cli("audit", "verify", *sock)
         assert verify.returncode == 0, verify.stdout
-        assert "audit log OK: 3 rows" in verify.stdout
+        assert "audit log OK: 4 rows" in verify.stdout
         assert daemon.terminate() == 0
     finally:
         daemon.kill()

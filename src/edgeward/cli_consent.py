@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,6 +60,14 @@ def add_commands(
     history.add_argument("--subject", help="only this subject")
     add_socket_options(history)
     history.set_defaults(handler=lambda args: _history(args, socket_path))
+
+    export = commands.add_parser(
+        "export", help="write everything stored about a subject as JSON lines"
+    )
+    export.add_argument("--subject", required=True, help="a configured subject")
+    export.add_argument("--output", type=Path, help="file to write (default: standard output)")
+    add_socket_options(export)
+    export.set_defaults(handler=lambda args: _export(args, socket_path))
 
     audit = commands.add_parser("audit", help="check the audit log")
     audit_actions = audit.add_subparsers(metavar="ACTION", required=True)
@@ -127,6 +136,31 @@ def _history(args: argparse.Namespace, socket_path: SocketPath) -> int:
     for record in reply["history"]:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record["recorded_at"]))
         print(f"{when} {record['action']:<6} {_describe(record)}")
+    return 0
+
+
+def _export(args: argparse.Namespace, socket_path: SocketPath) -> int:
+    path = socket_path(args)
+    output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    written = 0
+    try:
+        for table in ("consents", "results", "summaries"):
+            after: int | None = 0
+            while after is not None:
+                params = {"subject": args.subject, "table": table, "after": after, "limit": 1000}
+                page = client.get(path, "/v1/export", params)
+                for row in page["rows"]:
+                    output.write(json.dumps({"table": table, **row}, sort_keys=True) + "\n")
+                    written += 1
+                after = page["next_after"]
+    finally:
+        if args.output:
+            output.close()
+    if args.output:
+        print(
+            f"wrote {written} records about subject {args.subject} to {args.output}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -20,6 +20,7 @@ from edgeward import __version__
 from edgeward.agent import systemd
 from edgeward.agent.api import ApiServer
 from edgeward.agent.consent_api import consent_routes
+from edgeward.agent.export_api import export_routes
 from edgeward.agent.inference import Model
 from edgeward.agent.runtime import resolve_runtime
 from edgeward.agent.sources import source_channels
@@ -183,6 +184,9 @@ class Daemon:
         audit_lock = threading.Lock()
         self.api.add_routes(
             consent_routes(self.ledger, lambda: verify_chain(audit_connection), audit_lock)
+        )
+        self.api.add_routes(
+            export_routes(config, self.ledger, self.writer, self._reader(key), threading.Lock())
         )
         self.api.start()
 
