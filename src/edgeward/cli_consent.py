@@ -69,6 +69,20 @@ def add_commands(
     add_socket_options(export)
     export.set_defaults(handler=lambda args: _export(args, socket_path))
 
+    erase = commands.add_parser(
+        "erase", help="delete a subject's stored data and destroy its data keys"
+    )
+    erase.add_argument("--subject", required=True, help="a configured subject")
+    erase.add_argument(
+        "--class",
+        dest="data_classes",
+        action="append",
+        default=[],
+        help="only this data class; repeat for several (default: every class)",
+    )
+    add_socket_options(erase)
+    erase.set_defaults(handler=lambda args: _erase(args, socket_path))
+
     audit = commands.add_parser("audit", help="check the audit log")
     audit_actions = audit.add_subparsers(metavar="ACTION", required=True)
     verify = audit_actions.add_parser("verify", help="check the audit log's hash chain")
@@ -161,6 +175,17 @@ def _export(args: argparse.Namespace, socket_path: SocketPath) -> int:
             f"wrote {written} records about subject {args.subject} to {args.output}",
             file=sys.stderr,
         )
+    return 0
+
+
+def _erase(args: argparse.Namespace, socket_path: SocketPath) -> int:
+    body = {"subject": args.subject, "data_classes": args.data_classes}
+    reply = client.post(socket_path(args), "/v1/erase", body)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+        return 0
+    for data_class, rows in sorted(reply["erased_rows"].items()):
+        print(f"erased {rows} stored rows of class {data_class} and destroyed its data key")
     return 0
 
 

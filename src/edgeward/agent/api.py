@@ -27,6 +27,7 @@ from edgeward.errors import ApiError
 from edgeward.store.queries import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
+    Unsealer,
     query_results,
     query_summaries,
     stream_has_rows,
@@ -73,12 +74,16 @@ class ApiServer:
         request_timeout: float = 5.0,
         max_request_bytes: int = 65536,
         streams: Callable[[], list[str]] | None = None,
+        unsealer: Unsealer | None = None,
+        audit_read: Callable[[int | None, list[str], int], None] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._connection = read_connection
         self._lock = threading.Lock()
         self._status = status
         self._streams = streams
+        self._unsealer = unsealer
+        self._audit_read = audit_read
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/status": {"GET": self._get_status},
             "/v1/results": {"GET": self._get_results},
@@ -150,7 +155,10 @@ class ApiServer:
         stream, since, limit = _stream_since_limit(request.query)
         with self._lock:
             self._check_stream(stream)
-            rows = query_results(self._connection, stream, since, limit)
+            rows = query_results(self._connection, stream, since, limit, self._unsealer)
+        opened = [row for row in rows if row.get("readable")]
+        if opened and self._audit_read is not None:
+            self._audit_read(request.uid, sorted({row["stream"] for row in opened}), len(opened))
         return {"results": rows, "count": len(rows)}
 
     def _get_summaries(self, request: Request) -> dict[str, Any]:

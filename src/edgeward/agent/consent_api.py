@@ -49,7 +49,7 @@ def consent_routes(
                 subject=_text(body, "subject"),
                 purpose=_text(body, "purpose"),
                 data_classes=_text_list(body, "data_classes"),
-                actor=f"uid:{request.uid}" if request.uid is not None else "uid:unknown",
+                actor=_actor(request),
                 method=_text(body, "method", default="api"),
                 expires_at=_number_or_none(body, "expires_at"),
                 policy_sha256=_sha256_or_none(body, "policy_sha256"),
@@ -69,25 +69,39 @@ def consent_routes(
             "reason": result.reason,
         }
 
+    def erase(request: Request) -> dict[str, Any]:
+        allow_parameters(request.query, set())
+        body = _json_body(request.body, {"subject", "data_classes"})
+        try:
+            erased = ledger.erase(
+                _text(body, "subject"), _text_list(body, "data_classes"), _actor(request)
+            )
+        except ConsentError as error:
+            raise BadRequest(str(error)) from None
+        return {"erased_rows": erased}
+
     return {
+        "/v1/erase": {"POST": erase},
         "/v1/consents": {"GET": list_in_force, "POST": record},
         "/v1/consents/history": {"GET": history},
         "/v1/audit/verify": {"GET": audit_verify},
     }
 
 
-def _json_body(body: bytes) -> dict[str, Any]:
+def _actor(request: Request) -> str:
+    return f"uid:{request.uid}" if request.uid is not None else "uid:unknown"
+
+
+def _json_body(body: bytes, fields: set[str] = CONSENT_FIELDS) -> dict[str, Any]:
     try:
         data = json.loads(body or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
     if not isinstance(data, dict):
         raise BadRequest("the body must be a JSON object with 'action', 'subject' and 'purpose'")
-    unknown = sorted(set(data) - CONSENT_FIELDS)
+    unknown = sorted(set(data) - fields)
     if unknown:
-        raise BadRequest(
-            f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(CONSENT_FIELDS))}"
-        )
+        raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(fields))}")
     return data
 
 

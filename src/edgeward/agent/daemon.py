@@ -30,12 +30,15 @@ from edgeward.config.schema import Config
 from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError, ShapeMismatchError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key, master_key_path
-from edgeward.store.audit import verify_chain
+from edgeward.security.keystore import KeyStore, scope_name
+from edgeward.store.audit import AuditEvent, verify_chain
 from edgeward.store.database import open_database
 from edgeward.store.ledger import ConsentLedger
 from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, last_sequences
 from edgeward.store.retention import Pruner
+from edgeward.store.rows import LedgerEntry
+from edgeward.store.sealed import unseal_result
 from edgeward.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class Daemon:
         self._lock: DatabaseLock | None = None
         self.ledger: ConsentLedger | None = None
         self.pruner: Pruner | None = None
+        self.keystore: KeyStore | None = None
         self._status_lock = threading.Lock()
 
     def run(self) -> int:
@@ -157,13 +161,21 @@ class Daemon:
         )
         self.writer.start()
 
+        keystore_path = config.database.path.with_name(config.database.path.name + ".keys")
+        self.keystore = KeyStore(keystore_path, master)
         ledger_connection = self._reader(key)
-        self.ledger = ConsentLedger(config, self.writer, ledger_connection)
+        self.ledger = ConsentLedger(config, self.writer, ledger_connection, self.keystore)
         self.ledger.apply_config_grants()
         for stream, model in zip(config.streams, models, strict=True):
             self.workers.append(
                 StreamWorker(
-                    config, stream, model, self.writer, sequences.get(stream.name, 0), self.ledger
+                    config,
+                    stream,
+                    model,
+                    self.writer,
+                    sequences.get(stream.name, 0),
+                    self.ledger,
+                    self.keystore,
                 )
             )
 
@@ -179,6 +191,8 @@ class Daemon:
             config.api.request_timeout,
             config.api.max_request_bytes,
             streams=lambda: [stream.name for stream in config.streams],
+            unsealer=self._unseal,
+            audit_read=self._audit_restricted_read,
         )
         audit_connection = self._reader(key)
         audit_lock = threading.Lock()
@@ -199,13 +213,30 @@ class Daemon:
         for worker in self.workers:
             worker.start()
 
+    def _subject_of(self, stream: str) -> str:
+        return next((s.subject for s in self.config.streams if s.name == stream), "device")
+
+    def _unseal(self, data_class: str, stream: str, blob: bytes) -> dict[str, Any] | None:
+        if self.keystore is None:
+            return None
+        key = self.keystore.existing_key(scope_name(data_class, self._subject_of(stream)))
+        return unseal_result(key, data_class, stream, blob)
+
+    def _audit_restricted_read(self, uid: int | None, streams: list[str], rows: int) -> None:
+        if self.writer is None:
+            return
+        actor = f"uid:{uid}" if uid is not None else "uid:unknown"
+        event = AuditEvent(
+            time.time(), actor, "read.restricted", {"streams": streams, "rows": rows}
+        )
+        self.writer.put(LedgerEntry(None, [event]))
+
     def _may_send(self, data_class: str, stream: str) -> bool:
         """Tell whether rows of this class and stream may leave the device now."""
         class_config = self.config.data_classes.get(data_class)
         if class_config is None or not class_config.may_leave_device or self.ledger is None:
             return False
-        subject = next((s.subject for s in self.config.streams if s.name == stream), "device")
-        return self.ledger.missing_purpose(subject, data_class) is None
+        return self.ledger.missing_purpose(self._subject_of(stream), data_class) is None
 
     def _reader(self, key: bytes) -> Any:
         connection = open_database(self.config.database.path, key)

@@ -20,8 +20,10 @@ from edgeward.agent.windowing import Windower
 from edgeward.config.schema import Config, SourceConfig, StreamConfig, SyntheticSourceConfig
 from edgeward.errors import InferenceError
 from edgeward.ratelimit import RateLimitedLog
+from edgeward.security.keystore import KeyStore, scope_name
 from edgeward.store.ledger import ConsentLedger
 from edgeward.store.rows import ResultRow, SummaryRow
+from edgeward.store.sealed import seal_result
 from edgeward.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class StreamWorker:
         writer: Writer,
         last_seq: int,
         ledger: ConsentLedger | None = None,
+        keystore: KeyStore | None = None,
     ) -> None:
         self.stream = stream
         self.name = stream.name
@@ -47,6 +50,11 @@ class StreamWorker:
         self._topic = summary_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
         self._seq = last_seq
         self._ledger = ledger
+        # Restricted-tier results are sealed under the (class, subject) data key.
+        self._keystore = keystore
+        self._scope: str | None = None
+        if keystore is not None and config.data_classes[stream.data_class].tier == "restricted":
+            self._scope = scope_name(stream.data_class, stream.subject)
         self._consent_logged: set[tuple[str, str]] = set()
         self._summaries = 0
 
@@ -138,19 +146,18 @@ class StreamWorker:
                 continue
             self.filter.counters.windows += 1
             self.filter.counters.anomalies += int(prediction.anomaly)
-            rows.append(
-                ResultRow(
-                    self.name,
-                    self.stream.data_class,
-                    ts,
-                    self.model.sha256,
-                    prediction.label,
-                    prediction.score,
-                    prediction.anomaly,
-                    prediction.outputs.astype("<f8").tobytes(),
-                    prediction.raw_output,
-                )
+            row = ResultRow(
+                self.name,
+                self.stream.data_class,
+                ts,
+                self.model.sha256,
+                prediction.label,
+                prediction.score,
+                prediction.anomaly,
+                prediction.outputs.astype("<f8").tobytes(),
+                prediction.raw_output,
             )
+            rows.append(self._seal(row) if self._scope is not None else row)
             closed.append(
                 self._aggregator.add(ts, prediction.label, prediction.score, prediction.anomaly)
             )
@@ -160,6 +167,23 @@ class StreamWorker:
         # Queued after the results they count, so they commit in the same or a later batch.
         for summary in closed:
             self._emit(summary)
+
+    def _seal(self, row: ResultRow) -> ResultRow:
+        assert self._keystore is not None and self._scope is not None
+        # Asked each time: after an erasure the scope gets a new key.
+        payload = seal_result(self._keystore.key_for(self._scope), row)
+        return ResultRow(
+            row.stream,
+            row.data_class,
+            row.ts,
+            row.model_sha256,
+            None,
+            0.0,
+            False,
+            b"",
+            payload,
+            sealed=True,
+        )
 
     def _consented(self, data_class: str) -> bool:
         if self._ledger is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from edgeward.config.schema import Config
 from edgeward.errors import ConsentError, StoreError
+from edgeward.security.keystore import KeyStore, scope_name
 from edgeward.store.audit import AuditEvent
 from edgeward.store.consent import Action, ConsentRecord, ConsentState
 from edgeward.store.rows import Erasure, LedgerEntry
@@ -58,8 +59,11 @@ def load_records(connection: Any, subject: str | None = None) -> list[ConsentRec
 class ConsentLedger:
     """Check and record consent for the daemon's configured subjects, purposes and classes."""
 
-    def __init__(self, config: Config, writer: Writer, read_connection: Any) -> None:
+    def __init__(
+        self, config: Config, writer: Writer, read_connection: Any, keystore: KeyStore | None = None
+    ) -> None:
         self._config = config
+        self._keystore = keystore
         self._writer = writer
         self._connection = read_connection
         self._lock = threading.Lock()
@@ -127,6 +131,7 @@ class ConsentLedger:
                 f"the consent {action} was not committed within {COMMIT_TIMEOUT:.0f} s; check the daemon's log"
             )
 
+        self._destroy_keys(record.subject, erasures)
         committed = ConsentRecord(**{**record.__dict__, "id": entry.consent_id})
         with self._lock:
             self._state.apply(committed)
@@ -139,6 +144,34 @@ class ConsentLedger:
             actor,
         )
         return committed, entry.erased
+
+    def erase(self, subject: str, data_classes: list[str], actor: str) -> dict[str, int]:
+        """Delete a subject's stored rows of these classes (all when empty) and destroy their data keys."""
+        self._check_subject(subject)
+        for name in data_classes:
+            if name not in self._config.data_classes:
+                names = ", ".join(sorted(self._config.data_classes))
+                raise ConsentError(f"unknown data class {name!r}; configured classes: {names}")
+        classes = data_classes or sorted(self._config.data_classes)
+        streams = tuple(s.name for s in self._config.streams if s.subject == subject)
+        erasures = [Erasure(name, streams) for name in classes] if streams else []
+        details: dict[str, Any] = {"subject": subject, "data_classes": classes}
+        entry = LedgerEntry(
+            None, [AuditEvent(time.time(), actor, "erase.subject", details)], erasures
+        )
+        self._writer.put(entry)
+        if not entry.done.wait(COMMIT_TIMEOUT):
+            raise StoreError(
+                f"the erasure was not committed within {COMMIT_TIMEOUT:.0f} s; check the daemon's log"
+            )
+        self._destroy_keys(subject, [Erasure(name, streams) for name in classes])
+        log.info("erased subject %s: %s", subject, entry.erased)
+        return entry.erased
+
+    def _destroy_keys(self, subject: str, erasures: list[Erasure]) -> None:
+        if self._keystore is None or not erasures:
+            return
+        self._keystore.destroy([scope_name(erasure.data_class, subject) for erasure in erasures])
 
     def apply_config_grants(self) -> None:
         """Record the config file's grants that are not in force yet, with actor "config"."""

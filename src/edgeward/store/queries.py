@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -11,30 +12,53 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 10000
 
 
+Unsealer = Callable[[str, str, bytes], dict[str, Any] | None]
+
+
 def query_results(
-    connection: Any, stream: str | None, since: float | None, limit: int
+    connection: Any,
+    stream: str | None,
+    since: float | None,
+    limit: int,
+    unsealer: Unsealer | None = None,
 ) -> list[dict[str, Any]]:
-    """Return result rows, newest first."""
+    """Return result rows, newest first; sealed rows are opened with `unsealer` when it can."""
     where, params = _filters(stream, since, "ts")
     rows = connection.execute(
-        "SELECT id, stream, data_class, ts, model_sha256, label, score, anomaly, outputs FROM results"
-        f"{where} ORDER BY ts DESC, id DESC LIMIT ?",
+        "SELECT id, stream, data_class, ts, model_sha256, label, score, anomaly, outputs, sealed,"
+        f" raw_output FROM results{where} ORDER BY ts DESC, id DESC LIMIT ?",
         (*params, limit),
     ).fetchall()
-    return [
-        {
-            "id": r[0],
-            "stream": r[1],
-            "data_class": r[2],
-            "ts": r[3],
-            "model_sha256": r[4],
-            "label": r[5],
-            "score": r[6],
-            "anomaly": bool(r[7]),
-            "outputs": np.frombuffer(r[8], dtype="<f8").tolist(),
-        }
-        for r in rows
-    ]
+    return [_result_row(r, unsealer) for r in rows]
+
+
+def _result_row(r: tuple[Any, ...], unsealer: Unsealer | None) -> dict[str, Any]:
+    row = {
+        "id": r[0],
+        "stream": r[1],
+        "data_class": r[2],
+        "ts": r[3],
+        "model_sha256": r[4],
+        "label": r[5],
+        "score": r[6],
+        "anomaly": bool(r[7]),
+        "outputs": np.frombuffer(r[8], dtype="<f8").tolist(),
+        "sealed": bool(r[9]),
+    }
+    if not r[9]:
+        return row
+    opened = unsealer(r[2], r[1], r[10]) if unsealer is not None else None
+    if opened is None:
+        row["readable"] = False
+        return row
+    row.update(
+        label=opened["label"],
+        score=opened["score"],
+        anomaly=opened["anomaly"],
+        outputs=opened["outputs"],
+    )
+    row["readable"] = True
+    return row
 
 
 def query_summaries(

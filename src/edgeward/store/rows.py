@@ -23,6 +23,9 @@ class ResultRow:
     # Dequantized outputs as little-endian float64 values.
     outputs: bytes
     raw_output: bytes
+    # True when raw_output holds the whole result sealed under a data key,
+    # and label, score, anomaly and outputs are blanked.
+    sealed: bool = False
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,8 @@ MIGRATIONS: list[str] = [
     CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
     """,
     # 2: the consent ledger, the audit log, withheld outbox rows, and the
-    # commit time of results, which retention counts from.
+    # commit time of results, which retention counts from, and whether a
+    # result's payload is sealed under a data key (the restricted tier).
     """
     CREATE TABLE consents (
         id INTEGER PRIMARY KEY,
@@ -98,6 +99,7 @@ MIGRATIONS: list[str] = [
 
     ALTER TABLE outbox ADD COLUMN withheld_at REAL;
     ALTER TABLE results ADD COLUMN stored_at REAL;
+    ALTER TABLE results ADD COLUMN sealed INTEGER NOT NULL DEFAULT 0;
     DROP INDEX outbox_unsent;
     CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL AND withheld_at IS NULL;
     """,

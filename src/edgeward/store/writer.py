@@ -39,7 +39,7 @@ Item = ResultRow | SummaryRow | MarkSent | MarkWithheld | LedgerEntry | Barrier 
 _STOP = object()
 RETRY_DELAY = 1.0
 QUEUE_POLL = 0.5
-# 200 rows of 10 parameters stay far below SQLite's limit of 32766 parameters per statement.
+# 200 rows of 11 parameters stay far below SQLite's limit of 32766 parameters per statement.
 ROWS_PER_INSERT = 200
 FAILURE_LOG_INTERVAL = 60.0
 
@@ -291,16 +291,17 @@ def _insert_results(connection: Any, results: list[ResultRow], stored_at: float)
                 r.outputs,
                 r.raw_output,
                 stored_at,
+                int(r.sealed),
             )
         connection.execute(_insert_sql(len(part)), parameters)
 
 
 @functools.lru_cache(maxsize=16)
 def _insert_sql(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     return (
         "INSERT INTO results (stream, data_class, ts, model_sha256, label, score, anomaly, outputs,"
-        f" raw_output, stored_at) VALUES {values}"
+        f" raw_output, stored_at, sealed) VALUES {values}"
     )
 
 
@@ -332,7 +333,7 @@ def _write_ledger_entry(
         entry.erased[erasure.data_class] = _erase(connection, erasure)
     for event in entry.audit:
         event.details.update(details)
-        if entry.erased and event.event.startswith("consent."):
+        if entry.erased and event.event.startswith(("consent.", "erase.")):
             event.details["erased_rows"] = dict(entry.erased)
         head = insert_event(connection, head, event)
     return head
