@@ -11,6 +11,7 @@ import pytest
 
 from conftest import MODELS, DaemonProcess, wait_for
 from edgeward import client
+from edgeward.errors import ApiError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key
 from edgeward.security.keystore import KeyStore, scope_name
 from edgeward.store.database import open_database
@@ -109,3 +110,33 @@ def test_erase_shreds_sealed_rows_in_old_copies(tmp_path: Path) -> None:
     remaining = live.execute("SELECT data_class, stream, raw_output FROM results").fetchall()
     live.close()
     assert all(blob not in {b for _, _, b in sealed} for _, _, blob in remaining)
+
+
+def test_flipped_byte_is_reported_as_tampering(tmp_path: Path) -> None:
+    config = tmp_path / "edgeward.yaml"
+    model = MODELS / "demo_anomaly_int8.tflite"
+    text = CONFIG.format(tmp=tmp_path, model=model, labels=LABELS).replace(
+        "rate_hz: 400", "rate_hz: 4000"
+    )
+    config.write_text(text)
+    socket_path = tmp_path / "api.sock"
+    database = tmp_path / "data" / "edgeward.db"
+
+    first = DaemonProcess(config, "--duration", "3")
+    assert first.wait(timeout=60) == 0, first.stderr
+    data = bytearray(database.read_bytes())
+    assert len(data) > 30 * 4096
+    data[4096 * 20 + 100] ^= 0x01
+    database.write_bytes(bytes(data))
+
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready(socket_path)
+        check = cli("store", "check", "--socket", str(socket_path))
+        assert check.returncode == 1
+        assert "HMAC verification failed for page 21" in check.stdout
+        with pytest.raises(ApiError, match="500 the database could not be read"):
+            client.get(socket_path, "/v1/results", {"limit": 10000})
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()

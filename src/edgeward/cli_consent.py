@@ -83,6 +83,12 @@ def add_commands(
     add_socket_options(erase)
     erase.set_defaults(handler=lambda args: _erase(args, socket_path))
 
+    store = commands.add_parser("store", help="check the encrypted database")
+    store_actions = store.add_subparsers(metavar="ACTION", required=True)
+    check = store_actions.add_parser("check", help="check every page's HMAC (SQLCipher)")
+    add_socket_options(check)
+    check.set_defaults(handler=lambda args: _store_check(args, socket_path))
+
     audit = commands.add_parser("audit", help="check the audit log")
     audit_actions = audit.add_subparsers(metavar="ACTION", required=True)
     verify = audit_actions.add_parser("verify", help="check the audit log's hash chain")
@@ -187,6 +193,19 @@ def _erase(args: argparse.Namespace, socket_path: SocketPath) -> int:
     for data_class, rows in sorted(reply["erased_rows"].items()):
         print(f"erased {rows} stored rows of class {data_class} and destroyed its data key")
     return 0
+
+
+def _store_check(args: argparse.Namespace, socket_path: SocketPath) -> int:
+    reply = client.get(socket_path(args), "/v1/store/check", timeout=600)
+    if args.json:
+        print(json.dumps(reply, indent=2))
+    elif reply["ok"]:
+        print("database OK: every page passed its HMAC check")
+    else:
+        print("database TAMPERED or damaged:")
+        for problem in reply["problems"]:
+            print(f"  {problem}")
+    return 0 if reply["ok"] else 1
 
 
 def _verify(args: argparse.Namespace, socket_path: SocketPath) -> int:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import sqlcipher3
+
 from edgeward.agent.timeparse import parse_since
 from edgeward.errors import ApiError
 from edgeward.store.queries import (
@@ -145,6 +147,13 @@ class ApiServer:
             return 400, {"error": str(error)}
         except (UnknownStream, NotFound) as error:
             return 404, {"error": str(error)}
+        except sqlcipher3.DatabaseError as error:
+            # SQLCipher reports a page that fails its HMAC check as a malformed image.
+            log.error("api: %s %s: database read failed: %s", method, parts.path, error)
+            return 500, {
+                "error": f"the database could not be read ({error}); a page may have been changed "
+                "outside edgeward (run 'edgeward store check') or the disk is failing"
+            }
 
     def _get_status(self, request: Request) -> dict[str, Any]:
         allow_parameters(request.query, set())

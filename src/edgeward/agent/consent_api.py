@@ -24,7 +24,10 @@ CONSENT_FIELDS = {
 
 
 def consent_routes(
-    ledger: ConsentLedger, verify: Callable[[], VerifyResult], lock: threading.Lock
+    ledger: ConsentLedger,
+    verify: Callable[[], VerifyResult],
+    lock: threading.Lock,
+    check: Callable[[], list[str]] = list,
 ) -> dict[str, dict[str, Handler]]:
     """Build the handlers of /v1/consents, /v1/consents/history and /v1/audit/verify."""
 
@@ -80,7 +83,14 @@ def consent_routes(
             raise BadRequest(str(error)) from None
         return {"erased_rows": erased}
 
+    def store_check(request: Request) -> dict[str, Any]:
+        allow_parameters(request.query, set())
+        with lock:
+            problems = check()
+        return {"ok": not problems, "problems": problems}
+
     return {
+        "/v1/store/check": {"GET": store_check},
         "/v1/erase": {"POST": erase},
         "/v1/consents": {"GET": list_in_force, "POST": record},
         "/v1/consents/history": {"GET": history},

@@ -35,7 +35,7 @@ from edgeward.store.audit import AuditEvent, verify_chain
 from edgeward.store.database import open_database
 from edgeward.store.ledger import ConsentLedger
 from edgeward.store.lock import DatabaseLock
-from edgeward.store.queries import count_rows, last_sequences
+from edgeward.store.queries import count_rows, integrity_problems, last_sequences
 from edgeward.store.retention import Pruner
 from edgeward.store.rows import LedgerEntry
 from edgeward.store.sealed import unseal_result
@@ -197,7 +197,12 @@ class Daemon:
         audit_connection = self._reader(key)
         audit_lock = threading.Lock()
         self.api.add_routes(
-            consent_routes(self.ledger, lambda: verify_chain(audit_connection), audit_lock)
+            consent_routes(
+                self.ledger,
+                lambda: verify_chain(audit_connection),
+                audit_lock,
+                lambda: integrity_problems(audit_connection),
+            )
         )
         self.api.add_routes(
             export_routes(config, self.ledger, self.writer, self._reader(key), threading.Lock())

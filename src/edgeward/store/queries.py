@@ -135,6 +135,11 @@ def last_sequences(connection: Any) -> dict[str, int]:
     return {stream: seq for stream, seq in rows}
 
 
+def integrity_problems(connection: Any) -> list[str]:
+    """Return SQLCipher's HMAC failures, one line per bad page; empty when every page checks out."""
+    return [row[0] for row in connection.execute("PRAGMA cipher_integrity_check").fetchall()]
+
+
 def stream_has_rows(connection: Any, stream: str) -> bool:
     """Tell whether any result or summary of `stream` is stored."""
     row = connection.execute(
