@@ -89,6 +89,14 @@ def add_commands(
     add_socket_options(check)
     check.set_defaults(handler=lambda args: _store_check(args, socket_path))
 
+    keys = commands.add_parser("keys", help="manage the master key")
+    key_actions = keys.add_subparsers(metavar="ACTION", required=True)
+    rotate = key_actions.add_parser(
+        "rotate", help="re-key the database and rewrap the data keys under a new master key"
+    )
+    rotate.add_argument("--config", type=Path, required=True, help="the daemon's config file")
+    rotate.set_defaults(handler=_rotate)
+
     audit = commands.add_parser("audit", help="check the audit log")
     audit_actions = audit.add_subparsers(metavar="ACTION", required=True)
     verify = audit_actions.add_parser("verify", help="check the audit log's hash chain")
@@ -206,6 +214,34 @@ def _store_check(args: argparse.Namespace, socket_path: SocketPath) -> int:
         for problem in reply["problems"]:
             print(f"  {problem}")
     return 0 if reply["ok"] else 1
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    from edgeward.config import load_config
+    from edgeward.errors import KeyFileError
+    from edgeward.security.rotation import rotate
+    from edgeward.store.lock import DatabaseLock
+
+    config = load_config(args.config)
+    if config.database.key_credential is not None:
+        raise KeyFileError(
+            "the master key comes from a systemd credential; rotate it where the credential is made"
+        )
+    lock = DatabaseLock(config.database.path)
+    lock.acquire()
+    try:
+        rotate(config.database.key_file, config.database.path, _progress_bar)
+    finally:
+        lock.release()
+    print(f"\nrotated the master key in {config.database.key_file}", file=sys.stderr)
+    return 0
+
+
+def _progress_bar(fraction: float) -> None:
+    width = 30
+    filled = int(fraction * width)
+    sys.stderr.write(f"\rre-keying [{'#' * filled}{'.' * (width - filled)}] {fraction:4.0%}")
+    sys.stderr.flush()
 
 
 def _verify(args: argparse.Namespace, socket_path: SocketPath) -> int:

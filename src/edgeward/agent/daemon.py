@@ -31,6 +31,7 @@ from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError, ShapeMismatchError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key, master_key_path
 from edgeward.security.keystore import KeyStore, scope_name
+from edgeward.security.rotation import resolve_master_key
 from edgeward.store.audit import AuditEvent, verify_chain
 from edgeward.store.database import open_database
 from edgeward.store.ledger import ConsentLedger
@@ -145,9 +146,11 @@ class Daemon:
     def _start(self, models: list[Model]) -> None:
         config = self.config
         key_path = master_key_path(config.database.key_file, config.database.key_credential)
-        master = load_master_key(
-            key_path, create=config.database.create_key and key_path == config.database.key_file
-        )
+        if config.database.key_credential is None:
+            load_master_key(key_path, create=config.database.create_key)
+            master = resolve_master_key(key_path, config.database.path)
+        else:
+            master = load_master_key(key_path)
         key = derive_key(master, DATABASE_KEY_INFO)
 
         self._lock = DatabaseLock(config.database.path)

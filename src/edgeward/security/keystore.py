@@ -10,6 +10,7 @@ database, its WAL, or a copy of the database taken earlier (crypto-shredding).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -34,10 +35,28 @@ class KeyStore:
 
     def __init__(self, path: Path, master_key: bytes) -> None:
         self.path = path
-        self._wrap = AESGCM(derive_key(master_key, WRAP_KEY_INFO))
+        wrap_key = derive_key(master_key, WRAP_KEY_INFO)
+        self._wrap = AESGCM(wrap_key)
+        self._fingerprint = fingerprint(wrap_key)
         self._lock = threading.Lock()
         self._wrapped = self._load()
         self._cache: dict[str, bytes] = {}
+
+    def rewrap(self, new_master_key: bytes) -> None:
+        """Wrap every data key under a new master key and save the store under it."""
+        with self._lock:
+            keys = {scope: self._unwrap(scope, wrapped) for scope, wrapped in self._wrapped.items()}
+            wrap_key = derive_key(new_master_key, WRAP_KEY_INFO)
+            self._wrap = AESGCM(wrap_key)
+            self._fingerprint = fingerprint(wrap_key)
+            self._cache = dict(keys)
+            self._wrapped = {}
+            for scope, key in keys.items():
+                nonce = secrets.token_bytes(NONCE_BYTES)
+                self._wrapped[scope] = (
+                    nonce + self._wrap.encrypt(nonce, key, scope.encode())
+                ).hex()
+            self._save()
 
     def key_for(self, scope: str) -> bytes:
         """Return the scope's data key, creating and saving one when it has none."""
@@ -99,11 +118,16 @@ class KeyStore:
             return {}
         except (OSError, ValueError) as error:
             raise KeyFileError(f"data key store {self.path} could not be read: {error}") from error
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or not isinstance(data.get("keys"), dict):
             raise KeyFileError(
-                f"data key store {self.path} is not a JSON object; restore it from a backup"
+                f"data key store {self.path} is not a key store; restore it from a backup"
             )
-        return {str(k): str(v) for k, v in data.items()}
+        if data.get("wrapped_by") != self._fingerprint:
+            raise KeyFileError(
+                f"data key store {self.path} is wrapped by another master key; "
+                "use the master key it was made with"
+            )
+        return {str(k): str(v) for k, v in data["keys"].items()}
 
     def _save(self) -> None:
         # Write a new file and rename it over the old one, so a crash leaves
@@ -111,7 +135,9 @@ class KeyStore:
         temporary = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as file:
-            json.dump(self._wrapped, file, sort_keys=True)
+            json.dump(
+                {"wrapped_by": self._fingerprint, "keys": self._wrapped}, file, sort_keys=True
+            )
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, self.path)
@@ -120,6 +146,26 @@ class KeyStore:
             os.fsync(directory)
         finally:
             os.close(directory)
+
+
+def fingerprint(wrap_key: bytes) -> str:
+    """Return a short public name for a wrapping key, to tell which master key wrapped a store."""
+    return hashlib.sha256(b"edgeward/keystore-fingerprint/" + wrap_key).hexdigest()[:16]
+
+
+def store_fingerprint(path: Path) -> str | None:
+    """Return the fingerprint a key store file was written under, or None when there is no file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise KeyFileError(f"data key store {path} could not be read: {error}") from error
+    return str(data.get("wrapped_by")) if isinstance(data, dict) else None
+
+
+def master_fingerprint(master_key: bytes) -> str:
+    return fingerprint(derive_key(master_key, WRAP_KEY_INFO))
 
 
 def seal(key: bytes, associated: bytes, plaintext: bytes) -> bytes:
