@@ -37,7 +37,7 @@ from edgeward.store.database import open_database
 from edgeward.store.ledger import ConsentLedger
 from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, integrity_problems, last_sequences
-from edgeward.store.retention import Pruner
+from edgeward.store.retention import TIER_ORDER, Pruner
 from edgeward.store.rows import LedgerEntry
 from edgeward.store.sealed import unseal_result
 from edgeward.store.writer import Writer
@@ -137,6 +137,9 @@ class Daemon:
                 "committed_summaries": writer.counters.summaries if writer else 0,
                 "failed_transactions": writer.counters.failed_transactions if writer else 0,
                 "last_write_error": writer.last_error if writer else None,
+                "degraded": writer.degraded if writer else False,
+                "dropped_disk_full": dict(writer.counters.dropped_disk_full) if writer else {},
+                "freed_disk_full": dict(writer.counters.freed_disk_full) if writer else {},
                 "disk_budget": self.config.database.disk_budget,
                 "retention_deleted": dict(self.pruner.deleted) if self.pruner else {},
             },
@@ -159,8 +162,12 @@ class Daemon:
         self._connections.append(write_connection)
         # Read before the writer thread owns the connection.
         sequences = last_sequences(write_connection)
+        tiers = {name: TIER_ORDER.index(c.tier) for name, c in config.data_classes.items()}
         self.writer = Writer(
-            write_connection, config.database.batch_size, config.database.batch_interval
+            write_connection,
+            config.database.batch_size,
+            config.database.batch_interval,
+            tiers=tiers,
         )
         self.writer.start()
 

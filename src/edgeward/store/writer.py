@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlcipher3
@@ -39,6 +39,7 @@ Item = ResultRow | SummaryRow | MarkSent | MarkWithheld | LedgerEntry | Barrier 
 _STOP = object()
 RETRY_DELAY = 1.0
 QUEUE_POLL = 0.5
+DEGRADED_HOLD = 10.0
 # 200 rows of 11 parameters stay far below SQLite's limit of 32766 parameters per statement.
 ROWS_PER_INSERT = 200
 FAILURE_LOG_INTERVAL = 60.0
@@ -55,6 +56,9 @@ class WriterCounters:
     failed_transactions: int = 0
     # Rows dropped because the writer gave up at shutdown.
     abandoned: int = 0
+    # New rows per class not stored, and stored rows per class deleted, on a full disk.
+    dropped_disk_full: dict[str, int] = field(default_factory=dict)
+    freed_disk_full: dict[str, int] = field(default_factory=dict)
 
 
 class Writer:
@@ -66,6 +70,7 @@ class Writer:
         batch_size: int = 256,
         batch_interval: float = 0.2,
         max_queued: int = 10000,
+        tiers: dict[str, int] | None = None,
     ) -> None:
         self._connection = connection
         self._batch_size = batch_size
@@ -77,6 +82,9 @@ class Writer:
         self._abandoned = threading.Event()
         self._heartbeat = time.monotonic()
         self._audit_head = read_head(connection)
+        # Data class -> tier rank (0 is the lowest), for shedding on a full disk.
+        self._tiers = tiers or {}
+        self._last_disk_full: float | None = None
         self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
 
     def start(self) -> None:
@@ -146,6 +154,12 @@ class Writer:
         )
         return False
 
+    @property
+    def degraded(self) -> bool:
+        """True while the disk was found full in the last DEGRADED_HOLD seconds."""
+        last = self._last_disk_full
+        return last is not None and time.monotonic() - last < DEGRADED_HOLD
+
     def alive(self, max_silence: float) -> bool:
         """Tell whether the writer thread has gone round its loop in the last `max_silence` seconds."""
         return self._thread.is_alive() and time.monotonic() - self._heartbeat < max_silence
@@ -206,6 +220,10 @@ class Writer:
                     RETRY_DELAY,
                 )
                 self._heartbeat = time.monotonic()
+                if _is_disk_full(error) and self._make_room(batch):
+                    # Retry at once: the lowest tier gave way to the rest.
+                    batch = [item for item in batch if not _is_empty(item)]
+                    continue
                 if self._abandoned.wait(RETRY_DELAY):
                     self.counters.abandoned += sum(_row_count(item) for item in batch)
                     return
@@ -220,6 +238,70 @@ class Writer:
         for item in batch:
             if isinstance(item, Barrier):
                 item.done.set()
+
+    def _make_room(self, batch: list[Any]) -> bool:
+        """On a full disk, give way to the higher tiers; True when something was given up.
+
+        First the batch's new rows of tiers below its highest go, lowest tier
+        first; then stored rows of those tiers, oldest first. Rows of the
+        highest tier are never given up here: they wait and are retried.
+        """
+        if not self._tiers:
+            return False
+        ranks = {
+            row.data_class: self._tiers.get(row.data_class, 0)
+            for item in batch
+            for row in _results_of(item)
+        }
+        top = max(ranks.values()) if ranks else max(self._tiers.values()) + 1
+        lower = sorted((rank, name) for name, rank in ranks.items() if rank < top)
+        self._last_disk_full = time.monotonic()
+        if lower:
+            self._shed(batch, lower[0][1])
+            return True
+        return self._free_below(top)
+
+    def _shed(self, batch: list[Any], data_class: str) -> None:
+        dropped = 0
+        for index, item in enumerate(batch):
+            if isinstance(item, list):
+                kept = [row for row in item if row.data_class != data_class]
+                dropped += len(item) - len(kept)
+                batch[index] = kept
+            elif isinstance(item, ResultRow) and item.data_class == data_class:
+                batch[index] = []
+                dropped += 1
+        counts = self.counters.dropped_disk_full
+        counts[data_class] = counts.get(data_class, 0) + dropped
+        self._failures.warning(
+            f"shed-{data_class}",
+            "disk full: not storing new rows of class %s (a lower tier) until space returns",
+            data_class,
+        )
+
+    def _free_below(self, top: int) -> bool:
+        connection = self._connection
+        for name in sorted(self._tiers, key=lambda n: self._tiers[n]):
+            if self._tiers[name] >= top:
+                break
+            try:
+                connection.execute("BEGIN")
+                deleted = prune_batch(connection, Prune("results", name, float("inf")))
+                connection.execute("COMMIT")
+            except sqlcipher3.Error:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                return False
+            if deleted:
+                counts = self.counters.freed_disk_full
+                counts[name] = counts.get(name, 0) + deleted
+                log.warning(
+                    "disk full: deleted the %d oldest stored rows of class %s to make room",
+                    deleted,
+                    name,
+                )
+                return True
+        return False
 
     def _commit(self, batch: list[Any]) -> None:
         results = [row for item in batch for row in _results_of(item)]
@@ -354,6 +436,14 @@ def _erase(connection: Any, erasure: Erasure) -> int:
         )
         deleted += cursor.rowcount
     return deleted
+
+
+def _is_disk_full(error: Exception) -> bool:
+    return "full" in str(error).lower()
+
+
+def _is_empty(item: Any) -> bool:
+    return isinstance(item, list) and not item
 
 
 def _row_count(item: Any) -> int:
