@@ -232,9 +232,17 @@ class Daemon:
         return next((s.subject for s in self.config.streams if s.name == stream), "device")
 
     def _unseal(self, data_class: str, stream: str, blob: bytes) -> dict[str, Any] | None:
-        if self.keystore is None:
+        if (
+            self.keystore is None
+            or self.ledger is None
+            or data_class not in self.config.data_classes
+        ):
             return None
-        key = self.keystore.existing_key(scope_name(data_class, self._subject_of(stream)))
+        subject = self._subject_of(stream)
+        # Restricted data is served only while its purposes are granted.
+        if self.ledger.missing_purpose(subject, data_class) is not None:
+            return None
+        key = self.keystore.existing_key(scope_name(data_class, subject))
         return unseal_result(key, data_class, stream, blob)
 
     def _audit_restricted_read(self, uid: int | None, streams: list[str], rows: int) -> None:
