@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +18,9 @@ import pytest
 
 from edgeward import client
 from edgeward.agent.api import ApiServer
+from edgeward.config.schema import ApiConfig, RoleMembers
 from edgeward.errors import ApiError
+from edgeward.security.roles import role_of
 from edgeward.store.database import open_database
 from edgeward.store.rows import ResultRow
 from edgeward.store.writer import Writer
@@ -139,3 +146,64 @@ def test_unknown_stream_is_404(tmp_path: Path) -> None:
 def test_results_carry_dequantized_outputs(api: ApiServer) -> None:
     data = client.get(api.socket_path, "/v1/results", {"limit": 1})
     assert data["results"][0]["outputs"] == [1.0]
+
+
+def run_as_nobody(code: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        sys.executable,
+        "-c",
+        code,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+def test_roles_from_peer_credentials(tmp_path: Path) -> None:
+    path = tmp_path / "db"
+    connection = open_database(path, KEY, writer=True)
+    writer = Writer(connection)
+    writer.start()
+    writer.put(
+        [ResultRow("s1", "open", 1.0, "0" * 64, "a", 0.1, False, struct.pack("<d", 1.0), b"")]
+    )
+    writer.put(
+        [ResultRow("s1", "secret", 2.0, "0" * 64, "b", 0.2, False, struct.pack("<d", 1.0), b"")]
+    )
+    writer.stop()
+
+    folder = Path(tempfile.mkdtemp(prefix="edgeward-roles-"))
+    folder.chmod(0o755)
+    roles = ApiConfig(roles={"reader": RoleMembers(users=["nobody"])})
+    server = ApiServer(
+        folder / "api.sock",
+        open_database(path, KEY),
+        lambda: {"ok": True},
+        socket_mode=0o666,
+        role_of=lambda uid, gid: role_of(roles, uid, gid),
+        may_read=lambda role, data_class: data_class == "open" or role == "admin",
+    )
+    server.add_routes({"/v1/erase": {"POST": lambda request: {}}}, {"POST /v1/erase": "admin"})
+    server.start()
+    try:
+        reader = run_as_nobody(
+            "from edgeward import client; from pathlib import Path; import json\n"
+            f"path = Path('{folder}/api.sock')\n"
+            "print(json.dumps(client.get(path, '/v1/results')))\n"
+            "try:\n    client.post(path, '/v1/erase', {})\nexcept Exception as error:\n    print(error)\n"
+        )
+        assert reader.returncode == 0, reader.stderr
+        results, refusal = reader.stdout.splitlines()
+        assert [row["data_class"] for row in json.loads(results)["results"]] == ["open"]
+        assert "403 POST /v1/erase needs role admin; uid 65534 has role reader" in refusal
+        as_root = client.get(folder / "api.sock", "/v1/results")
+        assert {row["data_class"] for row in as_root["results"]} == {"open", "secret"}
+    finally:
+        server.stop()
+        connection.close()
+        shutil.rmtree(folder, ignore_errors=True)

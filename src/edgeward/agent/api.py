@@ -26,6 +26,7 @@ import sqlcipher3
 
 from edgeward.agent.timeparse import parse_since
 from edgeward.errors import ApiError
+from edgeward.security.roles import has_role
 from edgeward.store.queries import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -59,6 +60,7 @@ class Request:
     query: dict[str, str]
     body: bytes
     uid: int | None
+    role: str | None = None
 
 
 Handler = Callable[[Request], dict[str, Any]]
@@ -78,6 +80,8 @@ class ApiServer:
         streams: Callable[[], list[str]] | None = None,
         unsealer: Unsealer | None = None,
         audit_read: Callable[[int | None, list[str], int], None] | None = None,
+        role_of: Callable[[int | None, int | None], str | None] | None = None,
+        may_read: Callable[[str | None, str], bool] | None = None,
     ) -> None:
         self.socket_path = socket_path
         self._connection = read_connection
@@ -86,6 +90,9 @@ class ApiServer:
         self._streams = streams
         self._unsealer = unsealer
         self._audit_read = audit_read
+        self._role_of = role_of
+        self._may_read = may_read or (lambda role, data_class: True)
+        self._needs: dict[str, str] = {}
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/status": {"GET": self._get_status},
             "/v1/results": {"GET": self._get_results},
@@ -120,16 +127,32 @@ class ApiServer:
         except FileNotFoundError:
             pass
 
-    def add_routes(self, routes: dict[str, dict[str, Handler]]) -> None:
-        """Serve more routes: path -> method -> handler."""
+    def add_routes(
+        self, routes: dict[str, dict[str, Handler]], needs: dict[str, str] | None = None
+    ) -> None:
+        """Serve more routes: path -> method -> handler; `needs` maps "METHOD path" to a role."""
         for path, methods in routes.items():
             self._routes.setdefault(path, {}).update(methods)
+        self._needs.update(needs or {})
 
     def route(
-        self, method: str, target: str, body: bytes = b"", uid: int | None = None
+        self,
+        method: str,
+        target: str,
+        body: bytes = b"",
+        uid: int | None = None,
+        gid: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Route one request and return (HTTP status, JSON body)."""
         parts = urlsplit(target)
+        role = self._role_of(uid, gid) if self._role_of is not None else "admin"
+        needed = self._needs.get(f"{method} {parts.path}", "reader")
+        if not has_role(role, needed):
+            who = f"uid {uid}" if uid is not None else "this client"
+            return 403, {
+                "error": f"{method} {parts.path} needs role {needed}; {who} has "
+                f"{'role ' + role if role else 'no role'} (see api.roles)"
+            }
         methods = self._routes.get(parts.path)
         if methods is None:
             available = ", ".join(sorted(self._routes))
@@ -142,7 +165,7 @@ class ApiServer:
             query = _single_values(
                 parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
             )
-            return 200, handler(Request(method, parts.path, query, body, uid))
+            return 200, handler(Request(method, parts.path, query, body, uid, role))
         except BadRequest as error:
             return 400, {"error": str(error)}
         except (UnknownStream, NotFound) as error:
@@ -165,6 +188,7 @@ class ApiServer:
         with self._lock:
             self._check_stream(stream)
             rows = query_results(self._connection, stream, since, limit, self._unsealer)
+        rows = [row for row in rows if self._may_read(request.role, row["data_class"])]
         opened = [row for row in rows if row.get("readable")]
         if opened and self._audit_read is not None:
             self._audit_read(request.uid, sorted({row["stream"] for row in opened}), len(opened))
@@ -176,6 +200,7 @@ class ApiServer:
         with self._lock:
             self._check_stream(stream)
             rows = query_summaries(self._connection, stream, since, limit)
+        rows = [row for row in rows if self._may_read(request.role, row["data_class"])]
         return {"summaries": rows, "count": len(rows)}
 
     def _check_stream(self, stream: str | None) -> None:
@@ -248,7 +273,8 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
                 return
             body = self.rfile.read(int(length)) if int(length) else b""
             try:
-                status, reply = api.route(method, self.path, body, _peer_uid(self.connection))
+                uid, gid = _peer_ids(self.connection)
+                status, reply = api.route(method, self.path, body, uid, gid)
             except Exception as error:
                 log.exception("api: %s %s failed", method, self.path)
                 status, reply = 500, {"error": f"internal error: {error}"}
@@ -272,15 +298,15 @@ def _make_handler(api: ApiServer, timeout: float, max_bytes: int) -> type[BaseHT
     return Handler
 
 
-def _peer_uid(connection: socket.socket) -> int | None:
+def _peer_ids(connection: socket.socket) -> tuple[int | None, int | None]:
     try:
         credentials = connection.getsockopt(
             socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")
         )
     except OSError:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", credentials)
-    return int(uid)
+        return None, None
+    _pid, uid, gid = struct.unpack("3i", credentials)
+    return int(uid), int(gid)
 
 
 def _single_values(query: dict[str, list[str]]) -> dict[str, str]:

@@ -31,6 +31,7 @@ from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError, ShapeMismatchError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key, master_key_path
 from edgeward.security.keystore import KeyStore, scope_name
+from edgeward.security.roles import role_of
 from edgeward.security.rotation import resolve_master_key
 from edgeward.store.audit import AuditEvent, verify_chain
 from edgeward.store.database import open_database
@@ -45,6 +46,15 @@ from edgeward.store.writer import Writer
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# Routes that need more than the reader role.
+ROUTE_ROLES = {
+    "POST /v1/consents": "operator",
+    "GET /v1/consents/history": "operator",
+    "GET /v1/export": "operator",
+    "GET /v1/audit/verify": "operator",
+    "GET /v1/store/check": "operator",
+    "POST /v1/erase": "admin",
+}
 # Seconds each shutdown step may wait for a stuck part (a full disk, say).
 STOP_TIMEOUT = 10.0
 HEALTH_TIMEOUT = 30.0
@@ -203,6 +213,8 @@ class Daemon:
             streams=lambda: [stream.name for stream in config.streams],
             unsealer=self._unseal,
             audit_read=self._audit_restricted_read,
+            role_of=lambda uid, gid: role_of(config.api, uid, gid),
+            may_read=self._may_read,
         )
         audit_connection = self._reader(key)
         audit_lock = threading.Lock()
@@ -212,10 +224,12 @@ class Daemon:
                 lambda: verify_chain(audit_connection),
                 audit_lock,
                 lambda: integrity_problems(audit_connection),
-            )
+            ),
+            ROUTE_ROLES,
         )
         self.api.add_routes(
-            export_routes(config, self.ledger, self.writer, self._reader(key), threading.Lock())
+            export_routes(config, self.ledger, self.writer, self._reader(key), threading.Lock()),
+            ROUTE_ROLES,
         )
         self.api.start()
 
@@ -253,6 +267,12 @@ class Daemon:
             time.time(), actor, "read.restricted", {"streams": streams, "rows": rows}
         )
         self.writer.put(LedgerEntry(None, [event]))
+
+    def _may_read(self, role: str | None, data_class: str) -> bool:
+        class_config = self.config.data_classes.get(data_class)
+        if class_config is None:
+            return role == "admin"
+        return role in class_config.readers
 
     def _may_send(self, data_class: str, stream: str) -> bool:
         """Tell whether rows of this class and stream may leave the device now."""

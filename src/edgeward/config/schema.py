@@ -37,10 +37,28 @@ class DatabaseConfig:
 
 
 @dataclass
+class RoleMembers:
+    """Who has a role: user names or uids, group names or gids."""
+
+    users: list[str | int] = field(default_factory=list)
+    groups: list[str | int] = field(default_factory=list)
+
+
+def default_roles() -> dict[str, RoleMembers]:
+    return {
+        "reader": RoleMembers(groups=["edgeward"]),
+        "operator": RoleMembers(),
+        "admin": RoleMembers(),
+    }
+
+
+@dataclass
 class ApiConfig:
     """The local HTTP/JSON API on a Unix socket."""
 
     socket: Path = Path("/run/edgeward/api.sock")
+    # reader, operator or admin -> members. Root and the daemon's own user are admin.
+    roles: dict[str, RoleMembers] = field(default_factory=default_roles)
     socket_mode: int = 0o660
     max_request_bytes: int = 65536
     request_timeout: Duration = 5.0
@@ -85,6 +103,10 @@ class DataClassConfig:
     purposes: list[str] = field(default_factory=list)
     # Delete the class's stored rows of a subject when it revokes a purpose.
     erase_on_revoke: bool = False
+    # API roles that may read this class's rows.
+    readers: list[Literal["reader", "operator", "admin"]] = field(
+        default_factory=lambda: ["reader", "operator", "admin"]
+    )
 
 
 @dataclass

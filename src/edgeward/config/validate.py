@@ -42,6 +42,11 @@ def check_config(config: Config) -> None:
         problems.append(f"{where('summaries.interval')}: must be longer than 0 seconds")
 
     problems.extend(_check_consent_config(config))
+    for role in config.api.roles:
+        if role not in ("reader", "operator", "admin"):
+            problems.append(
+                f"{where('api.roles.' + role)}: unknown role {role!r}; roles are reader, operator and admin"
+            )
 
     names: set[str] = set()
     for index, stream in enumerate(config.streams):
