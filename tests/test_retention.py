@@ -95,3 +95,20 @@ def test_budget_pruning_takes_lowest_tier_first(tmp_path: Path) -> None:
     assert count(reader, "SELECT count(*) FROM results WHERE data_class = 'high'") == 1000
     assert count(reader, "SELECT count(*) FROM results WHERE data_class = 'low'") < 3000
     writer.stop()
+
+
+def test_budget_share_prunes_the_class_over_its_share(tmp_path: Path) -> None:
+    classes = "  greedy: {tier: restricted, budget_share: 0.3}\n  modest: {tier: public}\n"
+    writer, pruner, reader = setup(tmp_path, classes, budget=", disk_budget: 1200000")
+    blob = bytes(200)
+    writer.put([result("modest", blob) for _ in range(1200)])
+    writer.put([result("greedy", blob) for _ in range(3000)])
+    assert writer.flush(10)
+    assert used_bytes(reader) > 1200000
+
+    pruner.run_once()
+
+    assert used_bytes(reader) <= 1200000
+    assert count(reader, "SELECT count(*) FROM results WHERE data_class = 'modest'") == 1200
+    assert count(reader, "SELECT count(*) FROM results WHERE data_class = 'greedy'") < 3000
+    writer.stop()

@@ -103,6 +103,9 @@ class DataClassConfig:
     purposes: list[str] = field(default_factory=list)
     # Delete the class's stored rows of a subject when it revokes a purpose.
     erase_on_revoke: bool = False
+    # Fraction of database.disk_budget this class may fill before its own
+    # oldest rows are pruned first. Unset: no share of its own.
+    budget_share: float | None = None
     # API roles that may read this class's rows.
     readers: list[Literal["reader", "operator", "admin"]] = field(
         default_factory=lambda: ["reader", "operator", "admin"]

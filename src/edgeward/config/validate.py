@@ -65,6 +65,11 @@ def _check_consent_config(config: Config) -> list[str]:
     where = config.where
     purposes = ", ".join(sorted(config.purposes)) or "none"
     for name, data_class in config.data_classes.items():
+        share = data_class.budget_share
+        if share is not None and not 0 < share <= 1:
+            problems.append(
+                f"{where(f'data_classes.{name}.budget_share')}: must be above 0 and at most 1, got {share}"
+            )
         for index, purpose in enumerate(data_class.purposes):
             if purpose not in config.purposes:
                 problems.append(

@@ -145,6 +145,7 @@ class Pruner:
         budget = self._config.database.disk_budget
         if budget is None:
             return
+        self._enforce_shares(budget)
         classes = sorted(
             self._config.data_classes.items(), key=lambda item: TIER_ORDER.index(item[1].tier)
         )
@@ -159,6 +160,28 @@ class Pruner:
             "every class; unsent summaries are kept",
             budget,
         )
+
+    def _enforce_shares(self, budget: int) -> None:
+        """Prune the classes that fill more than their budget_share, while over the budget."""
+        for name, data_class in self._config.data_classes.items():
+            share = data_class.budget_share
+            if share is None:
+                continue
+            while self._over_budget(budget) and self._class_bytes(name) > share * budget:
+                if self._drain_one_batch(name) == 0:
+                    break
+
+    def _class_bytes(self, name: str) -> float:
+        # An estimate: the used bytes split by each class's share of the result rows.
+        with self._lock:
+            rows = dict(
+                self._connection.execute(
+                    "SELECT data_class, count(*) FROM results GROUP BY data_class"
+                ).fetchall()
+            )
+            used = used_bytes(self._connection)
+        total = sum(rows.values())
+        return used * rows.get(name, 0) / total if total else 0.0
 
     def _drain_one_batch(self, name: str) -> int:
         deleted = 0
