@@ -252,6 +252,13 @@ def test_consent_controls_storage_and_sync(
         assert tables.count("consents") == 3
         assert tables.count("results") == stored_results(tmp_path)
         assert {line["stream"] for line in lines if line["table"] == "results"} == {"pulse"}
+        nowhere = cli(
+            "export", "--subject", "alice", "--output", str(tmp_path / "no" / "a.jsonl"), *sock
+        )
+        assert nowhere.returncode == 1
+        assert "cannot write the export to" in nowhere.stderr
+        assert "Traceback" not in nowhere.stderr
+        assert exported.stat().st_mode & 0o077 == 0
         unknown = cli("export", "--subject", "mallory", *sock)
         assert unknown.returncode == 1
         assert "unknown subject 'mallory'" in unknown.stderr
@@ -262,3 +269,9 @@ def test_consent_controls_storage_and_sync(
         assert daemon.terminate() == 0
     finally:
         daemon.kill()
+
+
+def test_state_in_force_narrows_to_remaining_classes() -> None:
+    state = ConsentState.from_records([record("grant", ("a", "b")), record("revoke", ("b",))])
+    [grant] = state.in_force(1.0)
+    assert grant.data_classes == ("a",)

@@ -86,7 +86,7 @@ def test_erase_shreds_sealed_rows_in_old_copies(tmp_path: Path) -> None:
 
         erased = cli("erase", "--subject", "alice", "--socket", str(socket_path))
         assert erased.returncode == 0, erased.stderr
-        assert "destroyed its data key" in erased.stdout
+        assert "destroyed the data key of class heart for subject alice" in erased.stdout
         verify = cli("audit", "verify", "--socket", str(socket_path))
         assert verify.returncode == 0, verify.stdout
         assert daemon.terminate() == 0

@@ -189,7 +189,8 @@ def format_status(data: dict[str, Any]) -> str:
     for name, stream in data["streams"].items():
         lines.append(
             f"stream {name}: {stream['windows']} windows, {stream['summaries']} summaries, "
-            f"{stream['skipped_samples']} samples skipped, {stream['malformed_lines']} malformed lines"
+            f"{stream['skipped_samples']} samples skipped, {stream['malformed_lines']} malformed lines, "
+            f"{stream.get('withheld_no_consent', 0)} withheld for lack of consent"
         )
     return "\n".join(lines)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 
 from edgeward import client
 from edgeward.agent.timeparse import parse_since
-from edgeward.errors import ConsentError
+from edgeward.errors import ConsentError, EdgewardError
 
 SocketPath = Callable[[argparse.Namespace], Path]
 
@@ -167,9 +168,20 @@ def _history(args: argparse.Namespace, socket_path: SocketPath) -> int:
     return 0
 
 
+def _open_export(path: Path) -> Any:
+    # The export holds decrypted personal data: only the owner may read it.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as error:
+        raise EdgewardError(
+            f"cannot write the export to {path}: {error.strerror}; check the folder"
+        ) from None
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def _export(args: argparse.Namespace, socket_path: SocketPath) -> int:
     path = socket_path(args)
-    output = args.output.open("w", encoding="utf-8") if args.output else sys.stdout
+    output = _open_export(args.output) if args.output else sys.stdout
     written = 0
     try:
         for table in ("consents", "results", "summaries"):
@@ -198,8 +210,15 @@ def _erase(args: argparse.Namespace, socket_path: SocketPath) -> int:
     if args.json:
         print(json.dumps(reply, indent=2))
         return 0
-    for data_class, rows in sorted(reply["erased_rows"].items()):
-        print(f"erased {rows} stored rows of class {data_class} and destroyed its data key")
+    stored = {name: rows for name, rows in reply["erased_rows"].items() if rows}
+    destroyed = reply["destroyed_keys"]
+    if not stored and not destroyed:
+        print(f"nothing was stored about subject {args.subject}")
+    for data_class, rows in sorted(stored.items()):
+        print(f"erased {rows} stored rows of class {data_class}")
+    for data_class in sorted(destroyed):
+        print(f"destroyed the data key of class {data_class} for subject {args.subject}")
+    print("the consent ledger and the audit log keep their records of this subject")
     return 0
 
 

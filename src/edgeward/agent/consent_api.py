@@ -76,12 +76,12 @@ def consent_routes(
         allow_parameters(request.query, set())
         body = _json_body(request.body, {"subject", "data_classes"})
         try:
-            erased = ledger.erase(
+            erased, destroyed = ledger.erase(
                 _text(body, "subject"), _text_list(body, "data_classes"), _actor(request)
             )
         except ConsentError as error:
             raise BadRequest(str(error)) from None
-        return {"erased_rows": erased}
+        return {"erased_rows": erased, "destroyed_keys": destroyed}
 
     def store_check(request: Request) -> dict[str, Any]:
         allow_parameters(request.query, set())

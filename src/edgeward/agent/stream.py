@@ -55,7 +55,8 @@ class StreamWorker:
         self._scope: str | None = None
         if keystore is not None and config.data_classes[stream.data_class].tier == "restricted":
             self._scope = scope_name(stream.data_class, stream.subject)
-        self._consent_logged: set[tuple[str, str]] = set()
+        # Data classes this stream is not storing for lack of consent.
+        self._withholding: set[str] = set()
         self._summaries = 0
 
         channels = source_channels(stream.source)
@@ -189,10 +190,18 @@ class StreamWorker:
         if self._ledger is None:
             return True
         missing = self._ledger.missing_purpose(self.stream.subject, data_class)
+        # Log each change, not each window: when storing stops and when it resumes.
         if missing is None:
+            if data_class in self._withholding:
+                self._withholding.discard(data_class)
+                log.info(
+                    "stream %s: storing data of class %s again: consent is in force",
+                    self.name,
+                    data_class,
+                )
             return True
-        if (data_class, missing) not in self._consent_logged:
-            self._consent_logged.add((data_class, missing))
+        if data_class not in self._withholding:
+            self._withholding.add(data_class)
             log.warning(
                 "stream %s: not storing data of class %s: subject %s has no consent in force "
                 "for purpose %s (edgeward consent grant)",

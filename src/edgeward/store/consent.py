@@ -10,7 +10,7 @@ with no data classes revokes the purpose for every class.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 Action = Literal["grant", "revoke"]
@@ -96,12 +96,17 @@ class ConsentState:
         return None
 
     def in_force(self, now: float) -> list[ConsentRecord]:
-        """Return the distinct grant records that are still in force."""
-        seen: dict[int, ConsentRecord] = {}
+        """Return the grants in force, each narrowed to the classes it still covers."""
+        classes: dict[int, list[str]] = {}
+        records: dict[int, ConsentRecord] = {}
         for key, record in self.grants.items():
             if self.grant_for(*key, now) is not None:
-                seen[id(record)] = record
-        return list(seen.values())
+                records[id(record)] = record
+                classes.setdefault(id(record), []).append(key[2])
+        return [
+            replace(record, data_classes=tuple(sorted(classes[ident])))
+            for ident, record in records.items()
+        ]
 
 
 def classes_json(data_classes: tuple[str, ...]) -> str:

@@ -145,7 +145,9 @@ class ConsentLedger:
         )
         return committed, entry.erased
 
-    def erase(self, subject: str, data_classes: list[str], actor: str) -> dict[str, int]:
+    def erase(
+        self, subject: str, data_classes: list[str], actor: str
+    ) -> tuple[dict[str, int], list[str]]:
         """Delete a subject's stored rows of these classes (all when empty) and destroy their data keys."""
         self._check_subject(subject)
         for name in data_classes:
@@ -164,14 +166,18 @@ class ConsentLedger:
             raise StoreError(
                 f"the erasure was not committed within {COMMIT_TIMEOUT:.0f} s; check the daemon's log"
             )
-        self._destroy_keys(subject, [Erasure(name, streams) for name in classes])
-        log.info("erased subject %s: %s", subject, entry.erased)
-        return entry.erased
+        destroyed = self._destroy_keys(subject, [Erasure(name, streams) for name in classes])
+        log.info("erased subject %s: rows %s, data keys %s", subject, entry.erased, destroyed)
+        return entry.erased, destroyed
 
-    def _destroy_keys(self, subject: str, erasures: list[Erasure]) -> None:
+    def _destroy_keys(self, subject: str, erasures: list[Erasure]) -> list[str]:
+        """Destroy the data keys of these classes for the subject; return the classes that had one."""
         if self._keystore is None or not erasures:
-            return
-        self._keystore.destroy([scope_name(erasure.data_class, subject) for erasure in erasures])
+            return []
+        scopes = {
+            scope_name(erasure.data_class, subject): erasure.data_class for erasure in erasures
+        }
+        return [scopes[scope] for scope in self._keystore.destroy(list(scopes))]
 
     def apply_config_grants(self) -> None:
         """Record the config file's grants that are not in force yet, with actor "config"."""
