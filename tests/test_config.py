@@ -246,3 +246,12 @@ def test_config_check_accepts_bom_and_quoted_header(tmp_path: Path) -> None:
     source = f"      path: {tmp_path}/data.csv\n      columns: [value]\n      time_column: t\n"
     result = config_check(tmp_path, replay_config(tmp_path, source))
     assert result.returncode == 0, result.stderr
+
+
+def test_config_check_rejects_missing_tls_file(tmp_path: Path) -> None:
+    text = valid_config(tmp_path).replace(
+        "api:", f"mqtt:\n  tls: {{ca_file: {tmp_path}/ca.crt}}\napi:"
+    )
+    result = config_check(tmp_path, text)
+    assert result.returncode == 1
+    assert f"mqtt.tls.ca_file (line 7:18): file {tmp_path}/ca.crt not found" in result.stderr

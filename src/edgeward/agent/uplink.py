@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -28,6 +31,7 @@ from paho.mqtt.properties import Properties
 
 from edgeward.agent.payloads import status_topic
 from edgeward.config.schema import MqttConfig
+from edgeward.errors import ConfigError
 from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.queries import unsent_page
 from edgeward.store.rows import MarkSent, MarkWithheld
@@ -38,6 +42,58 @@ log = logging.getLogger(__name__)
 IDLE_POLL = 0.5
 FAILURE_LOG_INTERVAL = 60.0
 SESSION_EXPIRY = 7 * 86400
+
+
+def diagnose_connection(config: MqttConfig, timeout: float = 5.0) -> str:
+    """Open a TCP (and TLS) connection like paho's and return why it fails, in words."""
+    try:
+        sock = socket.create_connection((config.host, config.port), timeout=timeout)
+    except OSError as error:
+        return error.strerror or str(error)
+    try:
+        if config.tls is not None:
+            context = ssl.create_default_context(
+                cafile=str(config.tls.ca_file) if config.tls.ca_file else None
+            )
+            if config.tls.cert_file:
+                context.load_cert_chain(
+                    str(config.tls.cert_file),
+                    str(config.tls.key_file) if config.tls.key_file else None,
+                )
+            with context.wrap_socket(sock, server_hostname=config.host):
+                pass
+    except ssl.SSLCertVerificationError as error:
+        return (
+            f"the broker's certificate failed verification ({error.verify_message}); "
+            "check mqtt.tls.ca_file"
+        )
+    except (OSError, ssl.SSLError) as error:
+        reason = getattr(error, "reason", None) or str(error)
+        return f"TLS handshake failed: {reason}; check the mqtt.tls files"
+    finally:
+        sock.close()
+    return "the TCP and TLS connection succeed, so the broker refused the MQTT session"
+
+
+def read_password(config: MqttConfig) -> str | None:
+    """Read the broker password from its file or systemd credential; None when neither is set."""
+    path = config.password_file
+    if config.password_credential is not None:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if directory is None:
+            raise ConfigError(
+                "mqtt.password_credential is set but $CREDENTIALS_DIRECTORY is not; run under systemd "
+                "with LoadCredential=, or use mqtt.password_file"
+            )
+        path = Path(directory) / config.password_credential
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8").rstrip("\n")
+    except OSError as error:
+        raise ConfigError(
+            f"mqtt.password_file {path} could not be read: {error.strerror}"
+        ) from error
 
 
 class Uplink:
@@ -73,6 +129,7 @@ class Uplink:
         self.acknowledged = 0
         self.connects = 0
         self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
+        self._diagnosed_at = 0.0
         self._client = self._make_client()
 
     def start(self) -> None:
@@ -144,6 +201,15 @@ class Uplink:
             int(max(1, config.reconnect_min)), int(max(1, config.reconnect_max))
         )
         client.will_set(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
+        if config.username is not None:
+            client.username_pw_set(config.username, read_password(config))
+        if config.tls is not None:
+            client.tls_set(
+                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
+                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
+                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
@@ -181,12 +247,17 @@ class Uplink:
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
         self.connected = False
-        self.last_error = "broker unreachable"
+        # paho does not pass the cause, so it is found again, at most once a minute.
+        now = time.monotonic()
+        if now - self._diagnosed_at >= FAILURE_LOG_INTERVAL or self.last_error is None:
+            self._diagnosed_at = now
+            self.last_error = f"cannot connect: {diagnose_connection(self._config)}"
         self._failures.warning(
             "connect",
-            "cannot reach MQTT broker %s:%d; summaries wait in the outbox and paho keeps retrying",
+            "MQTT broker %s:%d: %s; summaries wait in the outbox and paho keeps retrying",
             self._config.host,
             self._config.port,
+            self.last_error,
         )
 
     def _on_disconnect(

@@ -65,6 +65,16 @@ class ApiConfig:
 
 
 @dataclass
+class TlsConfig:
+    """TLS to the broker. The server certificate is always verified against ca_file."""
+
+    ca_file: Path | None = None
+    # A client certificate and its key, for brokers that require one.
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+
+@dataclass
 class MqttConfig:
     """The uplink broker."""
 
@@ -81,6 +91,11 @@ class MqttConfig:
     reconnect_max: Duration = 60.0
     # At shutdown, how long to wait for unsent summaries to be acknowledged.
     drain_timeout: Duration = 3.0
+    username: str | None = None
+    # The password is read from a file (or a systemd credential), never written in this file.
+    password_file: Path | None = None
+    password_credential: str | None = None
+    tls: TlsConfig | None = None
 
 
 @dataclass

@@ -31,6 +31,15 @@ def check_config(config: Config) -> None:
         problems.append("streams: no stream is configured; add at least one under 'streams:'")
     if not 1 <= config.mqtt.port <= 65535:
         problems.append(f"{where('mqtt.port')}: port {config.mqtt.port} is outside 1-65535")
+    for key in ("password_file",):
+        path = getattr(config.mqtt, key)
+        if path is not None and not path.is_file():
+            problems.append(f"{where('mqtt.' + key)}: file {path} not found")
+    if config.mqtt.tls is not None:
+        for key in ("ca_file", "cert_file", "key_file"):
+            path = getattr(config.mqtt.tls, key)
+            if path is not None and not path.is_file():
+                problems.append(f"{where('mqtt.tls.' + key)}: file {path} not found")
     if not HOST.match(config.mqtt.host):
         problems.append(
             f"{where('mqtt.host')}: invalid host {config.mqtt.host!r}; give a bare host name or "

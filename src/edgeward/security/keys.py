@@ -100,11 +100,19 @@ def _parse_key(data: bytes, path: Path) -> bytes:
 
 
 def _create_key_file(path: Path) -> None:
+    # Written to a temporary file and linked into place, so another process
+    # starting at the same time sees no key file or a whole one, never an empty one.
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:
         file.write(secrets.token_hex(KEY_BYTES) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+    try:
+        os.link(temporary, path)
+    except FileExistsError:
+        return
+    finally:
+        temporary.unlink()
     log.info("created a new master key in %s (mode 0600)", path)
