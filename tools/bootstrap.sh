@@ -5,7 +5,7 @@ set -euo pipefail
 
 venv=${1:-.venv}
 python=${PYTHON:-python3}
-apt_packages=(mosquitto libsystemd-dev pkg-config)
+apt_packages=(mosquitto libsystemd-dev pkg-config openssl)
 
 missing=()
 for package in "${apt_packages[@]}"; do
