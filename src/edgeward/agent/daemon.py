@@ -235,7 +235,12 @@ class Daemon:
 
         if config.mqtt.enabled:
             self.uplink = Uplink(
-                config.mqtt, config.device_id, self._reader(key), self.writer, self._may_send
+                config.mqtt,
+                config.device_id,
+                self._reader(key),
+                self.writer,
+                self._may_send,
+                self._grant_ids,
             )
             self.uplink.start()
 
@@ -273,6 +278,17 @@ class Daemon:
         if class_config is None:
             return role == "admin"
         return role in class_config.readers
+
+    def _grant_ids(self, data_class: str, stream: str) -> list[int]:
+        """Return the ids of the consent grants that allow this class of this stream to leave."""
+        class_config = self.config.data_classes.get(data_class)
+        if class_config is None or self.ledger is None:
+            return []
+        subject = self._subject_of(stream)
+        grants = [
+            self.ledger.grant_for(subject, purpose, data_class) for purpose in class_config.purposes
+        ]
+        return [grant.id for grant in grants if grant is not None and grant.id is not None]
 
     def _may_send(self, data_class: str, stream: str) -> bool:
         """Tell whether rows of this class and stream may leave the device now."""

@@ -33,6 +33,7 @@ from edgeward.agent.payloads import status_topic
 from edgeward.config.schema import MqttConfig
 from edgeward.errors import ConfigError
 from edgeward.ratelimit import RateLimitedLog
+from edgeward.store.audit import AuditEvent
 from edgeward.store.queries import unsent_page
 from edgeward.store.rows import MarkSent, MarkWithheld
 from edgeward.store.writer import Writer
@@ -106,6 +107,7 @@ class Uplink:
         read_connection: Any,
         writer: Writer,
         may_send: Callable[[str, str], bool] | None = None,
+        grants: Callable[[str, str], list[int]] | None = None,
     ) -> None:
         self._config = config
         self._device_id = device_id
@@ -114,6 +116,8 @@ class Uplink:
         self._status_topic = status_topic(config.topic_prefix, device_id)
         # (data class, stream) -> whether its rows may leave the device now.
         self._may_send = may_send or (lambda data_class, stream: True)
+        self._grants = grants or (lambda data_class, stream: [])
+        self._egress: dict[int, dict[str, Any]] = {}
         self.withheld = 0
 
         self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
@@ -291,7 +295,7 @@ class Uplink:
         rows = unsent_page(self._connection, self._last_handed, room)
         handed = 0
         withheld = []
-        for outbox_id, topic, payload, data_class, stream in rows:
+        for outbox_id, topic, payload, data_class, stream, message_id in rows:
             if not self._may_send(data_class, stream):
                 withheld.append(outbox_id)
                 self._last_handed = outbox_id
@@ -303,6 +307,14 @@ class Uplink:
                 # it on reconnect, so it counts as handed over.
                 log.debug("publish of outbox row %d queued by paho (rc %d)", outbox_id, info.rc)
             self._inflight[info.mid] = outbox_id
+            self._egress[info.mid] = {
+                "message_id": message_id,
+                "stream": stream,
+                "data_class": data_class,
+                "consent_grants": self._grants(data_class, stream),
+                "bytes": len(payload),
+                "topic": topic,
+            }
             self._last_handed = outbox_id
             self.published += 1
             handed += 1
@@ -314,14 +326,20 @@ class Uplink:
 
     def _drain_acks(self) -> None:
         acked = []
+        egress = []
+        now = time.time()
         while True:
             try:
                 mid = self._acks.get_nowait()
             except queue.Empty:
                 break
             outbox_id = self._inflight.pop(mid, None)
+            details = self._egress.pop(mid, None)
             if outbox_id is not None:
                 acked.append(outbox_id)
+            if details is not None:
+                # Every message that left the device, and the grants that allowed it.
+                egress.append(AuditEvent(now, "uplink", "egress.summary", details))
         if acked:
             self.acknowledged += len(acked)
-            self._writer.put(MarkSent(acked, time.time()))
+            self._writer.put(MarkSent(acked, now, tuple(egress)))

@@ -115,13 +115,13 @@ def count_rows(connection: Any) -> dict[str, int]:
 
 def unsent_page(
     connection: Any, after_id: int, limit: int
-) -> list[tuple[int, str, bytes, str, str]]:
+) -> list[tuple[int, str, bytes, str, str, str]]:
     """Return up to `limit` unsent outbox rows after `after_id`, in id order.
 
-    Each row is (id, topic, payload, data class, stream).
+    Each row is (id, topic, payload, data class, stream, message id).
     """
-    rows: list[tuple[int, str, bytes, str, str]] = connection.execute(
-        "SELECT o.id, o.topic, o.payload, s.data_class, s.stream FROM outbox o"
+    rows: list[tuple[int, str, bytes, str, str, str]] = connection.execute(
+        "SELECT o.id, o.topic, o.payload, s.data_class, s.stream, o.message_id FROM outbox o"
         " JOIN summaries s ON s.id = o.summary_id"
         " WHERE o.sent_at IS NULL AND o.withheld_at IS NULL AND o.id > ? ORDER BY o.id LIMIT ?",
         (after_id, limit),

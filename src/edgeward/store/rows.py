@@ -51,10 +51,11 @@ class SummaryRow:
 
 @dataclass(frozen=True)
 class MarkSent:
-    """Outbox rows the broker acknowledged."""
+    """Outbox rows the broker acknowledged, with their egress records for the audit log."""
 
     outbox_ids: list[int]
     sent_at: float
+    egress: tuple[AuditEvent, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,8 @@ class Writer:
                     "UPDATE outbox SET sent_at = ? WHERE id = ? AND sent_at IS NULL",
                     [(mark.sent_at, outbox_id) for outbox_id in mark.outbox_ids],
                 )
+                for event in mark.egress:
+                    head = insert_event(connection, head, event)
             for hold in withheld:
                 connection.executemany(
                     "UPDATE outbox SET withheld_at = ? WHERE id = ? AND sent_at IS NULL",
