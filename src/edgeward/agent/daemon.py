@@ -132,6 +132,8 @@ class Daemon:
             # API handler threads call this at the same time; one connection, one user.
             with self._status_lock:
                 counts = count_rows(self._status_connection)
+            oldest = counts.get("outbox_oldest_unsent")
+            counts["outbox_oldest_unsent_age"] = time.time() - oldest if oldest else None
         writer = self.writer
         return {
             "version": __version__,

@@ -130,6 +130,7 @@ class Uplink:
         self.connected = False
         self.last_error: str | None = None
         self.published = 0
+        self.bytes_published = 0
         self.acknowledged = 0
         self.connects = 0
         self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
@@ -181,6 +182,7 @@ class Uplink:
             "connected": self.connected,
             "connects": self.connects,
             "published": self.published,
+            "bytes_published": self.bytes_published,
             "acknowledged": self.acknowledged,
             "in_flight": len(self._inflight),
             "withheld": self.withheld,
@@ -317,6 +319,7 @@ class Uplink:
             }
             self._last_handed = outbox_id
             self.published += 1
+            self.bytes_published += len(payload)
             handed += 1
         if withheld:
             # These rows stay in the database and never leave the device.

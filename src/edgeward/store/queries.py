@@ -94,7 +94,7 @@ def query_summaries(
     ]
 
 
-def count_rows(connection: Any) -> dict[str, int]:
+def count_rows(connection: Any) -> dict[str, Any]:
     """Return the row counts of the main tables and the unsent outbox backlog."""
     results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
     summaries = connection.execute("SELECT count(*) FROM summaries").fetchone()[0]
