@@ -169,7 +169,7 @@ def _history(args: argparse.Namespace, socket_path: SocketPath) -> int:
 
 
 def _open_export(path: Path) -> Any:
-    # The export holds decrypted personal data: only the owner may read it.
+    # The export contains decrypted personal data: only the owner may read it.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     except OSError as error:

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from edgeward import __version__
@@ -85,7 +85,6 @@ class RunOptions:
 
     duration: float | None = None
     until_done: bool = False
-    extra_status: dict[str, Any] = field(default_factory=dict)
 
 
 class Daemon:

@@ -37,7 +37,7 @@ Record = tuple[float | None, list[float | None], str | None] | str
 
 @dataclass(frozen=True)
 class _CsvLayout:
-    """Where a file's value and time columns are."""
+    """The column indexes of a file's values and timestamp."""
 
     value_index: list[int]
     time_index: int | None

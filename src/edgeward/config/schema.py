@@ -38,7 +38,7 @@ class DatabaseConfig:
 
 @dataclass
 class RoleMembers:
-    """Who has a role: user names or uids, group names or gids."""
+    """The members of a role: user names or uids, group names or gids."""
 
     users: list[str | int] = field(default_factory=list)
     groups: list[str | int] = field(default_factory=list)

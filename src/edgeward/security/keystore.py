@@ -97,10 +97,6 @@ class KeyStore:
             log.info("destroyed the data key of %s", scope)
         return destroyed
 
-    def scopes(self) -> list[str]:
-        with self._lock:
-            return sorted(self._wrapped)
-
     def _unwrap(self, scope: str, wrapped_hex: str) -> bytes:
         blob = bytes.fromhex(wrapped_hex)
         try:

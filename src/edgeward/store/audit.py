@@ -31,7 +31,7 @@ class AuditEvent:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """What `audit verify` found."""
+    """The outcome of `audit verify`: rows checked and the first broken one, if any."""
 
     rows: int
     broken_id: int | None = None

@@ -96,6 +96,7 @@ def query_summaries(
 
 def count_rows(connection: Any) -> dict[str, Any]:
     """Return the row counts of the main tables and the unsent outbox backlog."""
+    # NOTE: count(*) scans the whole table, so a status call costs time in proportion to the stored results.
     results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
     summaries = connection.execute("SELECT count(*) FROM summaries").fetchone()[0]
     backlog, oldest = connection.execute(

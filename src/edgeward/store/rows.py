@@ -23,7 +23,7 @@ class ResultRow:
     # Dequantized outputs as little-endian float64 values.
     outputs: bytes
     raw_output: bytes
-    # True when raw_output holds the whole result sealed under a data key,
+    # True when raw_output contains the whole result sealed under a data key,
     # and label, score, anomaly and outputs are blanked.
     sealed: bool = False
 

@@ -1,7 +1,7 @@
 """The single writer thread: batches queued rows into transactions.
 
 Every write goes through this thread, so SQLite never has two writers. A
-batch closes when it holds `batch_size` items or `batch_interval` seconds
+batch closes when it has `batch_size` items or `batch_interval` seconds
 after its first item, and is committed as one transaction: a summary and its
 outbox row always land together.
 """
@@ -204,8 +204,8 @@ class Writer:
 
     def _commit_with_retry(self, batch: list[Any]) -> None:
         # A failed commit (a full disk, say) is retried until it succeeds, so
-        # queued rows are not dropped while the daemon runs; the queue bound
-        # stops the producers meanwhile. Only stop() can make it give up.
+        # queued rows are not dropped while the daemon runs. The queue bound
+        # stops the producers meanwhile, and only stop() makes it give up.
         while True:
             try:
                 self._commit(batch)
