@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -27,6 +26,9 @@ from edgeward.store.database import open_database
 REPO = Path(__file__).resolve().parent.parent
 REALDATA = REPO.parent / "shared" / "realdata"
 MODELS = REPO / "models"
+sys.path.insert(0, str(REPO / "tools"))
+
+from receiver import unpack  # noqa: E402
 
 
 def free_port() -> int:
@@ -52,13 +54,17 @@ class Broker:
         self.port = free_port()
         self.workdir = workdir
         self.config = workdir / "mosquitto.conf"
+        # Started as root, mosquitto switches to user mosquitto, which cannot
+        # save its persistence file in a test's folder under /tmp/pytest-of-root.
+        user = "user root\n" if os.geteuid() == 0 else ""
         self.config.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {workdir}/\n"
             "set_tcp_nodelay true\n"
-            "max_queued_messages 100000\n"
+            "max_queued_messages 1000000\n"
+            f"{user}"
         )
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -103,8 +109,13 @@ class Recorder:
             self.messages.append((message.topic, bytes(message.payload)))
 
     def summaries(self) -> list[dict[str, Any]]:
+        """Every summary received, batches unpacked, duplicates kept."""
         with self._lock:
-            return [json.loads(p) for t, p in self.messages if "/summary/" in t]
+            return [item for t, p in self.messages if "/summary/" in t for item in unpack(p)]
+
+    def alerts(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [item for t, p in self.messages if "/alert/" in t for item in unpack(p)]
 
     def close(self) -> None:
         self._client.loop_stop()

@@ -281,7 +281,7 @@ def test_consent_controls_storage_and_sync(
     egress = [json.loads(details) for event, details in events if event == "egress.summary"]
     assert egress
     assert all(record["consent_grants"] and record["bytes"] > 0 for record in egress)
-    assert {record["message_id"] for record in egress} >= {
+    assert {message_id for record in egress for message_id in record["message_ids"]} >= {
         s["message_id"] for s in recorder.summaries()
     }
 

@@ -124,19 +124,55 @@ def test_flipped_byte_is_reported_as_tampering(tmp_path: Path) -> None:
 
     first = DaemonProcess(config, "--duration", "3")
     assert first.wait(timeout=60) == 0, first.stderr
-    data = bytearray(database.read_bytes())
-    assert len(data) > 30 * 4096
-    data[4096 * 20 + 100] ^= 0x01
-    database.write_bytes(bytes(data))
+    key = derive_key(load_master_key(tmp_path / "master.key"), DATABASE_KEY_INFO)
+    original = database.read_bytes()
+    assert len(original) > 30 * 4096
+    page = _page_only_results_read(database, original, key)
 
     daemon = DaemonProcess(config)
     try:
         daemon.wait_ready(socket_path)
         check = cli("store", "check", "--socket", str(socket_path))
         assert check.returncode == 1
-        assert "HMAC verification failed for page 21" in check.stdout
+        assert f"HMAC verification failed for page {page}" in check.stdout
         with pytest.raises(ApiError, match="500 the database could not be read"):
             client.get(socket_path, "/v1/results", {"limit": 10000})
         assert daemon.terminate() == 0
     finally:
         daemon.kill()
+
+
+def _page_only_results_read(database: Path, original: bytes, key: bytes) -> int:
+    """Flip a byte of a page that reading results needs but starting and writing do not.
+
+    A page the daemon reads at start would stop it before the API is up, and
+    one an insert needs would make it exit with uncommitted rows.
+    """
+    pages = len(original) // 4096
+    for page in range(pages // 2, pages):
+        data = bytearray(original)
+        data[4096 * (page - 1) + 100] ^= 0x01
+        database.write_bytes(bytes(data))
+        connection = open_database(database, key, writer=True)
+        try:
+            for table in ("summaries", "alerts", "consents", "audit_log", "outbox"):
+                connection.execute(f"SELECT max(id) FROM {table}").fetchone()
+            connection.execute("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetchone()
+            connection.execute("BEGIN")
+            connection.execute(
+                "INSERT INTO results (stream, data_class, ts, model_sha256, score, anomaly,"
+                " outputs, raw_output) VALUES ('s', 'c', 1e12, 'x', 0, 0, x'', x'')"
+            )
+            connection.execute("ROLLBACK")
+        except Exception:
+            continue
+        finally:
+            connection.close()
+        connection = open_database(database, key)
+        try:
+            connection.execute("SELECT count(*), sum(length(outputs)) FROM results").fetchone()
+        except Exception:
+            return page
+        finally:
+            connection.close()
+    raise AssertionError("no page holds only results rows; store more results first")

@@ -84,7 +84,7 @@ def test_writer_commits_results_and_outbox_together(tmp_path: Path) -> None:
     assert counts["results"] == 50
     assert counts["summaries"] == 1
     assert counts["outbox_backlog"] == 1
-    assert unsent_page(connection, 0, 10)[0][1] == f"edgeward/v1/d/summary/{MARKER}"
+    assert unsent_page(connection, "summary", 0, 10)[0][1] == f"edgeward/v1/d/summary/{MARKER}"
     assert len(query_results(connection, MARKER, 10.0, 100)) == 40
 
 
@@ -94,7 +94,7 @@ def test_mark_sent_clears_backlog(tmp_path: Path) -> None:
     connection = open_database(path, KEY, writer=True)
     writer = Writer(connection)
     writer.start()
-    outbox_id = unsent_page(connection, 0, 1)[0][0]
+    outbox_id = unsent_page(connection, "summary", 0, 1)[0][0]
     writer.put(MarkSent([outbox_id], 2.0))
     writer.stop()
     assert count_rows(connection)["outbox_backlog"] == 0

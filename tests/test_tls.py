@@ -87,11 +87,9 @@ def tls_broker(tmp_path: Path) -> Iterator[tuple[Broker, int, int, Path, Path]]:
     workdir.mkdir()
     broker = Broker(workdir)
     tls_port, mutual_port = free_port(), free_port()
-    # Started as root, mosquitto drops to its own user, which cannot read the
-    # test's private temporary folder; "user root" keeps it able to.
+    # Broker writes "user root" when run as root, so mosquitto can read the certificates here.
     broker.config.write_text(
-        "user root\n"
-        + broker.config.read_text()
+        broker.config.read_text()
         + f"listener {tls_port} 127.0.0.1\ncafile {ca[1]}\ncertfile {server[1]}\nkeyfile {server[0]}\n"
         + f"listener {mutual_port} 127.0.0.1\ncafile {ca[1]}\ncertfile {server[1]}\nkeyfile {server[0]}\n"
         + "require_certificate true\n"

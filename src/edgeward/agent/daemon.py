@@ -173,6 +173,7 @@ class Daemon:
         self._connections.append(write_connection)
         # Read before the writer thread owns the connection.
         sequences = last_sequences(write_connection)
+        alert_sequences = last_sequences(write_connection, "alerts")
         tiers = {name: TIER_ORDER.index(c.tier) for name, c in config.data_classes.items()}
         self.writer = Writer(
             write_connection,
@@ -197,6 +198,7 @@ class Daemon:
                     sequences.get(stream.name, 0),
                     self.ledger,
                     self.keystore,
+                    alert_sequences.get(stream.name, 0),
                 )
             )
 
@@ -243,6 +245,7 @@ class Daemon:
                 self._may_send,
                 self._grant_ids,
             )
+            self.writer.on_outbox = self.uplink.notify
             self.uplink.start()
 
         for worker in self.workers:

@@ -1,8 +1,10 @@
 """MQTT topics and payloads of the uplink.
 
-A summary payload is versioned JSON. `message_id` is unique per message and
-`seq` increases by one per stream, so a receiver can drop the duplicates that
-QoS 1 (at-least-once) delivery allows and notice a gap.
+Summary and alert payloads are versioned JSON. `message_id` is unique per
+message and `seq` increases by one per stream and kind, so a receiver can
+drop the duplicates that QoS 1 (at-least-once) delivery allows and notice a
+gap. A batch carries several summaries of one stream, each whole. A message
+may be zlib-compressed: JSON starts with '{' and a zlib stream with 0x78.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ PAYLOAD_VERSION = 1
 
 def summary_topic(prefix: str, device_id: str, stream: str) -> str:
     return f"{prefix}/{device_id}/summary/{stream}"
+
+
+def alert_topic(prefix: str, device_id: str, stream: str) -> str:
+    return f"{prefix}/{device_id}/alert/{stream}"
 
 
 def status_topic(prefix: str, device_id: str) -> str:
@@ -48,3 +54,43 @@ def summary_payload(
         "model_sha256": model_sha256,
     }
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def alert_payload(
+    device_id: str,
+    stream: str,
+    data_class: str,
+    seq: int,
+    message_id: str,
+    ts: float,
+    label: str | None,
+    score: float,
+    model_sha256: str,
+    detected_at: float,
+) -> bytes:
+    body = {
+        "v": PAYLOAD_VERSION,
+        "type": "alert",
+        "message_id": message_id,
+        "device_id": device_id,
+        "stream": stream,
+        "data_class": data_class,
+        "seq": seq,
+        "ts": ts,
+        "label": label,
+        "score": score,
+        "model_sha256": model_sha256,
+        "detected_at": detected_at,
+    }
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+def batch_payload(device_id: str, stream: str, items: list[bytes]) -> bytes:
+    """Wrap several stored summary payloads, unchanged, in one batch message."""
+    head = json.dumps(
+        {"v": PAYLOAD_VERSION, "type": "batch", "device_id": device_id, "stream": stream},
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+    # The stored payloads are JSON objects already, so they are joined as they are.
+    return head[:-1] + b',"items":[' + b",".join(items) + b"]}"

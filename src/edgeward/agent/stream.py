@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 
 from edgeward.agent.inference import Model
-from edgeward.agent.payloads import new_message_id, summary_payload, summary_topic
+from edgeward.agent.payloads import (
+    alert_payload,
+    alert_topic,
+    new_message_id,
+    summary_payload,
+    summary_topic,
+)
 from edgeward.agent.replay import ReplaySource
 from edgeward.agent.sanitize import SampleFilter
 from edgeward.agent.sources import SegmentBreak, SyntheticSource, source_channels
@@ -22,7 +28,7 @@ from edgeward.errors import InferenceError
 from edgeward.ratelimit import RateLimitedLog
 from edgeward.security.keystore import KeyStore, scope_name
 from edgeward.store.ledger import ConsentLedger
-from edgeward.store.rows import ResultRow, SummaryRow
+from edgeward.store.rows import AlertRow, ResultRow, SummaryRow
 from edgeward.store.sealed import seal_result
 from edgeward.store.writer import Writer
 
@@ -41,6 +47,7 @@ class StreamWorker:
         last_seq: int,
         ledger: ConsentLedger | None = None,
         keystore: KeyStore | None = None,
+        last_alert_seq: int = 0,
     ) -> None:
         self.stream = stream
         self.name = stream.name
@@ -49,6 +56,12 @@ class StreamWorker:
         self._device_id = config.device_id
         self._topic = summary_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
         self._seq = last_seq
+        self._alert_topic = alert_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
+        self._alert_seq = last_alert_seq
+        self._alert_class = stream.alert_class or stream.summary_class
+        # Stream time of the last alert; the next one comes alert_interval later at the earliest.
+        self._last_alert_ts: float | None = None
+        self._alerts = 0
         self._ledger = ledger
         # Restricted-tier results are sealed under the (class, subject) data key.
         self._keystore = keystore
@@ -105,6 +118,7 @@ class StreamWorker:
             "withheld_no_consent": counters.withheld_no_consent,
             "summaries": self._summaries,
             "last_seq": self._seq,
+            "alerts": self._alerts,
             "last_result_at": self.last_result_at,
         }
 
@@ -159,6 +173,8 @@ class StreamWorker:
                 prediction.raw_output,
             )
             rows.append(self._seal(row) if self._scope is not None else row)
+            if prediction.anomaly and self.stream.alerts:
+                self._alert(ts, prediction.label, prediction.score)
             closed.append(
                 self._aggregator.add(ts, prediction.label, prediction.score, prediction.anomaly)
             )
@@ -168,6 +184,47 @@ class StreamWorker:
         # Queued after the results they count, so they commit in the same or a later batch.
         for summary in closed:
             self._emit(summary)
+
+    def _alert(self, ts: float, label: str | None, score: float) -> None:
+        last = self._last_alert_ts
+        if last is not None and 0 <= ts - last < self.stream.alert_interval:
+            return
+        if not self._consented(self._alert_class):
+            return
+        self._last_alert_ts = ts
+        self._alert_seq += 1
+        self._alerts += 1
+        message_id = new_message_id()
+        detected_at = time.time()
+        payload = alert_payload(
+            self._device_id,
+            self.name,
+            self._alert_class,
+            self._alert_seq,
+            message_id,
+            ts,
+            label,
+            score,
+            self.model.sha256,
+            detected_at,
+        )
+        # Queued before the window's result: the writer commits both in the
+        # same or a later batch, and the uplink publishes alerts first.
+        self._writer.put(
+            AlertRow(
+                stream=self.name,
+                data_class=self._alert_class,
+                seq=self._alert_seq,
+                ts=ts,
+                label=label,
+                score=score,
+                model_sha256=self.model.sha256,
+                detected_at=detected_at,
+                message_id=message_id,
+                topic=self._alert_topic,
+                payload=payload,
+            )
+        )
 
     def _seal(self, row: ResultRow) -> ResultRow:
         assert self._keystore is not None and self._scope is not None

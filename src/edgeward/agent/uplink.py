@@ -1,10 +1,15 @@
 """MQTT uplink: publish the outbox with QoS 1 and mark rows sent on their PUBACK.
 
-Store-and-forward: a summary is in the outbox before it is published, and its
-row is marked sent only when the broker acknowledges it. paho re-sends
-in-flight messages after a reconnect; rows never handed to paho, or left
-unacknowledged when the daemon stopped, are published again on the next
-start. A receiver drops duplicates by message_id.
+Store-and-forward: a summary or alert is in the outbox before it is
+published, and its row is marked sent only when the broker acknowledges it.
+paho re-sends in-flight messages after a reconnect; rows never handed to
+paho, or left unacknowledged when the daemon stopped, are published again on
+the next start. A receiver drops duplicates by message_id.
+
+Alerts go first: each round publishes every waiting alert before the next
+summary. Waiting summaries of one stream go out together in one batch
+message, up to mqtt.batch_max of them. Every message is counted against the
+byte budget, and summaries leave the budget's alert share to alerts.
 
 paho calls on_publish while holding its own lock, so the callback only queues
 the message id; this thread maps ids to rows.
@@ -12,29 +17,27 @@ the message id; this thread maps ids to rows.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import queue
-import socket
-import ssl
 import threading
 import time
+import zlib
+from collections import deque
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgeward.agent.payloads import status_topic
+from edgeward.agent.budget import ByteBudget
+from edgeward.agent.mqtt_link import MqttLink
+from edgeward.agent.payloads import batch_payload
 from edgeward.config.schema import MqttConfig
-from edgeward.errors import ConfigError
 from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.audit import AuditEvent
-from edgeward.store.queries import unsent_page
+from edgeward.store.queries import handed_through, recent_egress, unsent_page, unsent_through
 from edgeward.store.rows import MarkSent, MarkWithheld
 from edgeward.store.writer import Writer
 
@@ -42,63 +45,32 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5
 FAILURE_LOG_INTERVAL = 60.0
-SESSION_EXPIRY = 7 * 86400
+
+# (id, topic, payload, data class, stream, message id), as unsent_page returns them.
+OutboxRow = tuple[int, str, bytes, str, str, str]
 
 
-def diagnose_connection(config: MqttConfig, timeout: float = 5.0) -> str:
-    """Open a TCP (and TLS) connection like paho's and return why it fails, in words."""
-    try:
-        sock = socket.create_connection((config.host, config.port), timeout=timeout)
-    except OSError as error:
-        return error.strerror or str(error)
-    try:
-        if config.tls is not None:
-            context = ssl.create_default_context(
-                cafile=str(config.tls.ca_file) if config.tls.ca_file else None
-            )
-            if config.tls.cert_file:
-                context.load_cert_chain(
-                    str(config.tls.cert_file),
-                    str(config.tls.key_file) if config.tls.key_file else None,
-                )
-            with context.wrap_socket(sock, server_hostname=config.host):
-                pass
-    except ssl.SSLCertVerificationError as error:
-        return (
-            f"the broker's certificate failed verification ({error.verify_message}); "
-            "check mqtt.tls.ca_file"
-        )
-    except (OSError, ssl.SSLError) as error:
-        reason = getattr(error, "reason", None) or str(error)
-        return f"TLS handshake failed: {reason}; check the mqtt.tls files"
-    finally:
-        sock.close()
-    return "the TCP and TLS connection succeed, so the broker refused the MQTT session"
+@dataclass
+class Message:
+    """One MQTT message: a single outbox row, or a batch of one stream's summaries."""
 
+    kind: str
+    stream: str
+    data_class: str
+    topic: str
+    outbox_ids: list[int]
+    message_ids: list[str]
+    payload: bytes
+    compressed: bool = False
 
-def read_password(config: MqttConfig) -> str | None:
-    """Read the broker password from its file or systemd credential; None when neither is set."""
-    path = config.password_file
-    if config.password_credential is not None:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if directory is None:
-            raise ConfigError(
-                "mqtt.password_credential is set but $CREDENTIALS_DIRECTORY is not; run under systemd "
-                "with LoadCredential=, or use mqtt.password_file"
-            )
-        path = Path(directory) / config.password_credential
-    if path is None:
-        return None
-    try:
-        return path.read_text(encoding="utf-8").rstrip("\n")
-    except OSError as error:
-        raise ConfigError(
-            f"mqtt.password_file {path} could not be read: {error.strerror}"
-        ) from error
+    @property
+    def size(self) -> int:
+        """Bytes counted against the budget: payload and topic."""
+        return len(self.payload) + len(self.topic.encode())
 
 
 class Uplink:
-    """Own the MQTT client and the thread that drains the outbox."""
+    """Own the MQTT link and the thread that drains the outbox."""
 
     def __init__(
         self,
@@ -113,236 +85,334 @@ class Uplink:
         self._device_id = device_id
         self._connection = read_connection
         self._writer = writer
-        self._status_topic = status_topic(config.topic_prefix, device_id)
         # (data class, stream) -> whether its rows may leave the device now.
         self._may_send = may_send or (lambda data_class, stream: True)
         self._grants = grants or (lambda data_class, stream: [])
-        self._egress: dict[int, dict[str, Any]] = {}
-        self.withheld = 0
 
-        self._acks: queue.SimpleQueue[int] = queue.SimpleQueue()
-        self._inflight: dict[int, int] = {}
-        self._last_handed = 0
+        self._cursors = {"alert": 0, "summary": 0}
+        # Summary messages built from the last page, waiting for room or budget.
+        self._pending: deque[Message] = deque()
+        self._inflight: dict[int, Message] = {}
+        self._inflight_lock = threading.Lock()
+        self._acks: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
+        self._handed_max = 0
+        self._retry_at: float | None = None
+        self._sleep = IDLE_POLL
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Number of the current round, and of the last round that found nothing to publish.
+        self._round = 0
+        self._idle_round = -1
         self._thread = threading.Thread(target=self._run, name="edgeward-uplink", daemon=True)
+        self._rejections = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
 
-        self.connected = False
-        self.last_error: str | None = None
+        budget = config.budget
+        self._budget = ByteBudget(budget.bytes, budget.period, budget.alert_share)
+        if budget.bytes is not None:
+            # The budget's window reaches back past this start.
+            now = time.time()
+            self._budget.seed(
+                (now - at, size) for at, size in recent_egress(read_connection, now - budget.period)
+            )
+        # Rows an earlier run handed to the client but saw no PUBACK for: they
+        # go out again, and the broker may have had them already.
+        self.resent = unsent_through(read_connection, handed_through(read_connection))
+
+        self.withheld = 0
         self.published = 0
+        self.messages = 0
         self.bytes_published = 0
         self.acknowledged = 0
-        self.connects = 0
-        self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
-        self._diagnosed_at = 0.0
-        self._client = self._make_client()
+        self.rejected = 0
+        self.link = MqttLink(config, device_id, self._on_connected, self._on_publish)
+
+    @property
+    def connected(self) -> bool:
+        return self.link.connected
 
     def start(self) -> None:
-        config = self._config
-        log.info("connecting to MQTT broker %s:%d as %s", config.host, config.port, self._client_id)
-        properties = None
-        if config.protocol == "5":
-            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-            properties.SessionExpiryInterval = SESSION_EXPIRY
-            self._client.connect_async(
-                config.host, config.port, config.keepalive, clean_start=False, properties=properties
-            )
-        else:
-            self._client.connect_async(config.host, config.port, config.keepalive)
-        self._client.loop_start()
+        self.link.start()
         self._thread.start()
 
+    def notify(self) -> None:
+        """Wake the thread: new outbox rows are committed."""
+        self._wake.set()
+
     def drain(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for every outbox row to be acknowledged; True when none is left."""
+        """Wait up to `timeout` seconds for every committed outbox row to be acknowledged.
+
+        Returns True when a round that began after this call found nothing
+        left to publish or waiting for its PUBACK.
+        """
+        first_round = self._round + 1
+        self.notify()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self.connected:
+            if not self.link.connected:
                 return False
-            if not self._inflight and not unsent_page(self._connection, self._last_handed, 1):
+            if self._idle_round >= first_round:
                 return True
-            time.sleep(0.05)
+            time.sleep(0.02)
         return False
 
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
         self._thread.join()
+        self.link.stop()
+        # PUBACKs that arrived while the link closed still mark their rows sent.
         self._drain_acks()
-        if self.connected:
-            info = self._client.publish(
-                self._status_topic, self._status_payload("offline"), qos=1, retain=True
-            )
-            info.wait_for_publish(timeout=2.0)
-        self._client.disconnect()
-        self._client.loop_stop()
 
     def status(self) -> dict[str, Any]:
+        config = self._config
+        with self._inflight_lock:
+            in_flight = len(self._inflight)
         return {
-            "broker": f"{self._config.host}:{self._config.port}",
-            "connected": self.connected,
-            "connects": self.connects,
+            "broker": f"{config.host}:{config.port}",
+            "connected": self.link.connected,
+            "connects": self.link.connects,
+            "connect_attempts": self.link.connect_attempts,
             "published": self.published,
+            "messages": self.messages,
             "bytes_published": self.bytes_published,
             "acknowledged": self.acknowledged,
-            "in_flight": len(self._inflight),
+            "in_flight": in_flight,
+            "resent": self.resent,
+            "rejected": self.rejected,
             "withheld": self.withheld,
-            "last_error": self.last_error,
+            "budget": {
+                "bytes": config.budget.bytes,
+                "period": config.budget.period,
+                "used": self._budget.used,
+            },
+            "last_error": self.link.last_error,
         }
 
-    @property
-    def _client_id(self) -> str:
-        return self._config.client_id or self._device_id
-
-    def _make_client(self) -> mqtt.Client:
-        config = self._config
-        protocol = mqtt.MQTTv5 if config.protocol == "5" else mqtt.MQTTv311
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
-            protocol=protocol,
-            clean_session=False if protocol == mqtt.MQTTv311 else None,
-        )
-        client.max_inflight_messages_set(config.max_inflight)
-        client.reconnect_delay_set(
-            int(max(1, config.reconnect_min)), int(max(1, config.reconnect_max))
-        )
-        client.will_set(self._status_topic, self._status_payload("offline"), qos=1, retain=True)
-        if config.username is not None:
-            client.username_pw_set(config.username, read_password(config))
-        if config.tls is not None:
-            client.tls_set(
-                ca_certs=str(config.tls.ca_file) if config.tls.ca_file else None,
-                certfile=str(config.tls.cert_file) if config.tls.cert_file else None,
-                keyfile=str(config.tls.key_file) if config.tls.key_file else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        client.on_connect = self._on_connect
-        client.on_connect_fail = self._on_connect_fail
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
-        return client
-
-    def _status_payload(self, state: str) -> bytes:
-        return json.dumps(
-            {"device_id": self._device_id, "state": state, "ts": time.time()}
-        ).encode()
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if reason.is_failure:
-            self.connected = False
-            self.last_error = f"connection refused: {reason}"
-            log.error(
-                "MQTT broker %s:%d refused the connection: %s",
-                self._config.host,
-                self._config.port,
-                reason,
-            )
-            return
-        sock = client.socket()
-        if isinstance(sock, socket.socket):
-            # Nagle's algorithm delays small QoS 1 messages by tens of milliseconds.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.connected = True
-        self.connects += 1
-        self.last_error = None
-        log.info("connected to MQTT broker %s:%d", self._config.host, self._config.port)
-        client.publish(self._status_topic, self._status_payload("online"), qos=1, retain=True)
+    def _on_connected(self, reconnect: bool) -> None:
+        if reconnect:
+            # paho publishes every unacknowledged message again, flagged DUP.
+            with self._inflight_lock:
+                self.resent += sum(len(m.outbox_ids) for m in self._inflight.values())
         self._wake.set()
 
-    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        self.connected = False
-        # paho does not pass the cause, so it is found again, at most once a minute.
-        now = time.monotonic()
-        if now - self._diagnosed_at >= FAILURE_LOG_INTERVAL or self.last_error is None:
-            self._diagnosed_at = now
-            self.last_error = f"cannot connect: {diagnose_connection(self._config)}"
-        self._failures.warning(
-            "connect",
-            "MQTT broker %s:%d: %s; summaries wait in the outbox and paho keeps retrying",
-            self._config.host,
-            self._config.port,
-            self.last_error,
-        )
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        was_connected = self.connected
-        self.connected = False
-        if not self._stop.is_set():
-            self.last_error = f"disconnected: {reason}"
-            if was_connected:
-                log.warning("lost the MQTT broker connection (%s); reconnecting", reason)
-
-    def _on_publish(
-        self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
-    ) -> None:
-        self._acks.put(mid)
+    def _on_publish(self, mid: int, failure: str | None) -> None:
+        self._acks.put((mid, failure))
         self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            # Cleared before looking for work, so a notify() during this round is not lost.
+            self._wake.clear()
+            self._round += 1
+            self._sleep = IDLE_POLL
             self._drain_acks()
-            handed = 0
-            if self.connected and len(self._inflight) < self._config.max_inflight:
-                handed = self._publish_page()
+            handed = self._publish_round() if self.link.connected else 0
             if handed == 0:
-                self._wake.wait(IDLE_POLL)
-                self._wake.clear()
+                with self._inflight_lock:
+                    empty = not self._inflight
+                # A round held back by the budget is not idle: rows still wait.
+                if empty and not self._pending and self._sleep == IDLE_POLL:
+                    self._idle_round = self._round
+                self._wake.wait(self._sleep)
 
-    def _publish_page(self) -> int:
-        room = min(self._config.page_size, self._config.max_inflight - len(self._inflight))
-        rows = unsent_page(self._connection, self._last_handed, room)
+    def _publish_round(self) -> int:
+        """Hand alerts, then summaries, to paho while there is room and budget; return how many."""
+        if self._retry_at is not None and not self._rewind():
+            return 0
+        with self._inflight_lock:
+            room = self._config.max_inflight - len(self._inflight)
         handed = 0
-        withheld = []
-        for outbox_id, topic, payload, data_class, stream, message_id in rows:
-            if not self._may_send(data_class, stream):
-                withheld.append(outbox_id)
-                self._last_handed = outbox_id
+
+        for row in unsent_page(self._connection, "alert", self._cursors["alert"], max(room, 0)):
+            message = self._message("alert", [row])
+            if message is not None:
+                wait = self._budget.wait(message.size, alert=True)
+                if wait > 0:
+                    # Summaries wait behind the alert, so that alerts go first.
+                    self._sleep = min(self._sleep, wait)
+                    return handed
+                self._publish(message)
+                room -= 1
+            self._cursors["alert"] = row[0]
+            handed += 1
+
+        while room > 0:
+            if not self._pending and not self._read_summaries():
+                break
+            if not self._pending:
+                # A page of withheld rows only: read on.
                 handed += 1
                 continue
-            info = self._client.publish(topic, payload, qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                # Not connected after all: paho keeps the message queued and sends
-                # it on reconnect, so it counts as handed over.
-                log.debug("publish of outbox row %d queued by paho (rc %d)", outbox_id, info.rc)
-            self._inflight[info.mid] = outbox_id
-            self._egress[info.mid] = {
-                "message_id": message_id,
-                "stream": stream,
-                "data_class": data_class,
-                "consent_grants": self._grants(data_class, stream),
-                "bytes": len(payload),
-                "topic": topic,
-            }
-            self._last_handed = outbox_id
-            self.published += 1
-            self.bytes_published += len(payload)
+            message = self._pending[0]
+            wait = self._budget.wait(message.size, alert=False)
+            if wait > 0:
+                self._sleep = min(self._sleep, wait)
+                break
+            self._pending.popleft()
+            self._publish(message)
+            room -= 1
             handed += 1
-        if withheld:
-            # These rows stay in the database and never leave the device.
-            self.withheld += len(withheld)
-            self._writer.put(MarkWithheld(withheld, time.time()))
         return handed
 
+    def _read_summaries(self) -> bool:
+        """Read the next page of summaries into pending messages; False when none is waiting."""
+        rows = unsent_page(
+            self._connection, "summary", self._cursors["summary"], self._config.page_size
+        )
+        if not rows:
+            return False
+        self._cursors["summary"] = rows[-1][0]
+
+        groups: dict[tuple[str, str, str], list[OutboxRow]] = {}
+        for row in rows:
+            outbox_id, topic, _, data_class, stream, _ = row
+            groups.setdefault((stream, data_class, topic), []).append(row)
+
+        chunks: list[list[OutboxRow]] = []
+        for group in groups.values():
+            chunk: list[OutboxRow] = []
+            size = 0
+            for row in group:
+                full = len(chunk) >= self._config.batch_max
+                if chunk and (full or size + len(row[2]) > self._config.batch_max_bytes):
+                    chunks.append(chunk)
+                    chunk, size = [], 0
+                chunk.append(row)
+                size += len(row[2])
+            chunks.append(chunk)
+
+        # By first row, so each stream keeps its order and no stream waits behind another's backlog.
+        for chunk in sorted(chunks, key=lambda c: c[0][0]):
+            message = self._message("summary", chunk)
+            if message is not None:
+                self._pending.append(message)
+        return True
+
+    def _message(self, kind: str, rows: list[OutboxRow]) -> Message | None:
+        """Build the message for rows of one stream and class; None when they must stay on the device."""
+        _, topic, payload, data_class, stream, _ = rows[0]
+        if not self._may_send(data_class, stream):
+            # These rows stay in the database and never leave the device.
+            withheld = [row[0] for row in rows]
+            self.withheld += len(withheld)
+            self._writer.put(MarkWithheld(withheld, time.time()))
+            return None
+        if len(rows) > 1:
+            payload = batch_payload(self._device_id, stream, [row[2] for row in rows])
+        message = Message(
+            kind,
+            stream,
+            data_class,
+            topic,
+            [row[0] for row in rows],
+            [row[5] for row in rows],
+            payload,
+        )
+        if self._config.compression == "zlib" and len(payload) >= self._config.compress_min_bytes:
+            packed = zlib.compress(payload, 6)
+            if len(packed) < len(payload):
+                message.payload = packed
+                message.compressed = True
+        return message
+
+    def _publish(self, message: Message) -> None:
+        # Consent is checked again at the last moment: a revocation may have
+        # come in while the message waited in the pending queue.
+        if not self._may_send(message.data_class, message.stream):
+            self.withheld += len(message.outbox_ids)
+            self._writer.put(MarkWithheld(message.outbox_ids, time.time()))
+            return
+        info = self.link.client.publish(
+            message.topic, message.payload, qos=1, properties=self._properties(message)
+        )
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.error(
+                "paho rejected outbox rows %s: %s; they are retried after a reconnect",
+                message.outbox_ids,
+                mqtt.error_string(info.rc),
+            )
+        # With MQTT_ERR_NO_CONN paho keeps the message and sends it on reconnect.
+        with self._inflight_lock:
+            self._inflight[info.mid] = message
+        self._budget.spend(message.size)
+        self._handed_max = max(self._handed_max, message.outbox_ids[-1])
+        self.messages += 1
+        self.published += len(message.outbox_ids)
+        self.bytes_published += len(message.payload)
+
+    def _properties(self, message: Message) -> Properties | None:
+        if self._config.protocol != "5":
+            return None
+        expiry = (
+            self._config.alert_expiry if message.kind == "alert" else self._config.summary_expiry
+        )
+        if expiry is None and not message.compressed:
+            return None
+        properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if expiry is not None:
+            properties.MessageExpiryInterval = int(expiry)
+        if message.compressed:
+            properties.ContentType = "application/zlib"
+        return properties
+
     def _drain_acks(self) -> None:
-        acked = []
+        acked: list[int] = []
         egress = []
         now = time.time()
         while True:
             try:
-                mid = self._acks.get_nowait()
+                mid, failure = self._acks.get_nowait()
             except queue.Empty:
                 break
-            outbox_id = self._inflight.pop(mid, None)
-            details = self._egress.pop(mid, None)
-            if outbox_id is not None:
-                acked.append(outbox_id)
-            if details is not None:
-                # Every message that left the device, and the grants that allowed it.
-                egress.append(AuditEvent(now, "uplink", "egress.summary", details))
+            with self._inflight_lock:
+                message = self._inflight.pop(mid, None)
+            if message is None:
+                # The retained status messages are not outbox rows.
+                continue
+            if failure is not None:
+                self._reject(message, failure)
+                continue
+            acked += message.outbox_ids
+            # Every message that left the device, and the grants that allowed it.
+            details = {
+                "message_ids": message.message_ids,
+                "stream": message.stream,
+                "data_class": message.data_class,
+                "consent_grants": self._grants(message.data_class, message.stream),
+                "bytes": len(message.payload),
+                "topic": message.topic,
+                "compressed": message.compressed,
+            }
+            egress.append(AuditEvent(now, "uplink", f"egress.{message.kind}", details))
         if acked:
             self.acknowledged += len(acked)
-            self._writer.put(MarkSent(acked, now, tuple(egress)))
+            self._writer.put(MarkSent(acked, now, tuple(egress), self._handed_max))
+
+    def _reject(self, message: Message, failure: str) -> None:
+        """Keep rows the broker refused unsent, and retry them after reconnect_max seconds."""
+        self.rejected += len(message.outbox_ids)
+        self._rejections.warning(
+            "rejected",
+            "MQTT broker refused %s message on %s: %s; its rows stay in the outbox and are "
+            "retried in %.0f s (check the broker's ACL for this topic)",
+            message.kind,
+            message.topic,
+            failure,
+            self._config.reconnect_max,
+        )
+        if self._retry_at is None:
+            self._retry_at = time.monotonic() + self._config.reconnect_max
+
+    def _rewind(self) -> bool:
+        """After a refused message, start reading the outbox again from its start; True when done."""
+        with self._inflight_lock:
+            busy = bool(self._inflight)
+        assert self._retry_at is not None
+        if busy or time.monotonic() < self._retry_at:
+            return False
+        # Committing the marks first keeps acknowledged rows from being read again.
+        self._writer.flush()
+        self._cursors = {"alert": 0, "summary": 0}
+        self._pending.clear()
+        self._retry_at = None
+        return True

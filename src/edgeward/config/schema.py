@@ -75,6 +75,18 @@ class TlsConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """A cap on the bytes the uplink publishes in any window of `period` seconds."""
+
+    # Payload and topic bytes per period; MQTT, TCP and TLS framing is not counted.
+    bytes: int | None = None
+    period: Duration = 3600.0
+    # Fraction of the budget that only alerts may use, so that a summary
+    # backlog cannot use up the whole budget and hold back an alert.
+    alert_share: float = 0.1
+
+
+@dataclass
 class MqttConfig:
     """The uplink broker."""
 
@@ -96,6 +108,17 @@ class MqttConfig:
     password_file: Path | None = None
     password_credential: str | None = None
     tls: TlsConfig | None = None
+    # Up to this many waiting summaries of one stream go out in one message.
+    batch_max: int = 20
+    batch_max_bytes: int = 65536
+    # zlib-compress messages of at least compress_min_bytes when that makes them smaller.
+    compression: Literal["none", "zlib"] = "none"
+    compress_min_bytes: int = 512
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # MQTT 5 message expiry: the broker drops a message it could not deliver
+    # within this time. Unset: no expiry.
+    summary_expiry: Duration | None = None
+    alert_expiry: Duration | None = None
 
 
 @dataclass
@@ -237,6 +260,11 @@ class StreamConfig:
     summary_class: str = "summary"
     # Whose data this stream records, for consent checks.
     subject: str = "device"
+    # Anomalous windows raise an alert, published before any waiting summary.
+    # At most one alert per alert_interval seconds of the stream's own time.
+    alerts: bool = True
+    alert_class: str | None = None
+    alert_interval: Duration = 60.0
     bad_input: BadInputConfig = field(default_factory=BadInputConfig)
 
 

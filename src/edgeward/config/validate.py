@@ -45,6 +45,7 @@ def check_config(config: Config) -> None:
             f"{where('mqtt.host')}: invalid host {config.mqtt.host!r}; give a bare host name or "
             "IP address, and the port in mqtt.port"
         )
+    problems.extend(_check_link_config(config))
     if config.database.batch_size < 1:
         problems.append(f"{where('database.batch_size')}: must be at least 1")
     if config.summaries.interval <= 0:
@@ -67,6 +68,46 @@ def check_config(config: Config) -> None:
 
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _check_link_config(config: Config) -> list[str]:
+    problems = []
+    where = config.where
+    mqtt = config.mqtt
+    for key in ("max_inflight", "page_size", "batch_max", "batch_max_bytes"):
+        if getattr(mqtt, key) < 1:
+            problems.append(f"{where('mqtt.' + key)}: must be at least 1, got {getattr(mqtt, key)}")
+    if mqtt.reconnect_min <= 0 or mqtt.reconnect_max < mqtt.reconnect_min:
+        problems.append(
+            f"{where('mqtt.reconnect_min')}: need 0 < reconnect_min <= reconnect_max, got "
+            f"{mqtt.reconnect_min} and {mqtt.reconnect_max}"
+        )
+    budget = mqtt.budget
+    if budget.bytes is not None and budget.bytes < 1:
+        problems.append(
+            f"{where('mqtt.budget.bytes')}: must be at least 1 byte, got {budget.bytes}; "
+            "remove it for no budget"
+        )
+    if budget.period <= 0:
+        problems.append(f"{where('mqtt.budget.period')}: must be longer than 0 seconds")
+    if not 0 <= budget.alert_share < 1:
+        problems.append(
+            f"{where('mqtt.budget.alert_share')}: must be at least 0 and below 1, got {budget.alert_share}"
+        )
+    for key in ("summary_expiry", "alert_expiry"):
+        expiry = getattr(mqtt, key)
+        if expiry is None:
+            continue
+        if mqtt.protocol != "5":
+            problems.append(
+                f'{where("mqtt." + key)}: message expiry needs MQTT 5; set mqtt.protocol to "5" '
+                "or remove it"
+            )
+        elif not 1 <= expiry < 2**32:
+            problems.append(
+                f"{where('mqtt.' + key)}: must be at least 1 second and below 2^32 s, got {expiry}"
+            )
+    return problems
 
 
 def _check_consent_config(config: Config) -> list[str]:
@@ -112,14 +153,16 @@ def _check_stream(config: Config, stream: StreamConfig, prefix: str) -> list[str
             f"{where(prefix + '.name')}: invalid stream name {stream.name!r}; use 1 to 64 letters, "
             "digits, '_', '.' or '-' (it becomes part of MQTT topics)"
         )
-    for key in ("data_class", "summary_class"):
+    for key in ("data_class", "summary_class", "alert_class"):
         name = getattr(stream, key)
-        if name not in config.data_classes:
+        if name is not None and name not in config.data_classes:
             known = ", ".join(sorted(config.data_classes))
             problems.append(
                 f"{where(f'{prefix}.{key}')}: unknown data class {name!r}; known: {known}"
             )
 
+    if stream.alert_interval < 0:
+        problems.append(f"{where(prefix + '.alert_interval')}: must be 0 seconds or more")
     if stream.window.size < 1 or stream.window.hop < 1:
         problems.append(f"{where(prefix + '.window')}: size and hop must be at least 1 sample")
     if str(stream.model.path) in ("", "."):

@@ -20,7 +20,7 @@ from edgeward.errors import ConsentError, StoreError
 from edgeward.security.keystore import KeyStore, scope_name
 from edgeward.store.audit import AuditEvent
 from edgeward.store.consent import Action, ConsentRecord, ConsentState
-from edgeward.store.rows import Erasure, LedgerEntry
+from edgeward.store.rows import Erasure, LedgerEntry, Withdrawal
 from edgeward.store.writer import Writer
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,9 @@ class ConsentLedger:
             policy_sha256=policy_sha256,
         )
         erasures = self._erasures(record) if action == "revoke" else []
+        withdrawals = self._withdrawals(record) if action == "revoke" else []
         event = AuditEvent(now, actor, f"consent.{action}", {"record": record.to_json()})
-        entry = LedgerEntry(record, [event], erasures)
+        entry = LedgerEntry(record, [event], erasures, withdrawals)
         self._writer.put(entry)
         if not entry.done.wait(COMMIT_TIMEOUT):
             raise StoreError(
@@ -143,6 +144,10 @@ class ConsentLedger:
             ", ".join(classes),
             actor,
         )
+        if any(entry.withdrawn.values()):
+            log.info(
+                "consent revoke: withdrew unsent messages from the outbox: %s", entry.withdrawn
+            )
         return committed, entry.erased
 
     def erase(
@@ -213,6 +218,17 @@ class ConsentLedger:
                 f"no data class needs purpose {purpose!r}; name the classes with --class"
             )
         return needing
+
+    def _withdrawals(self, record: ConsentRecord) -> list[Withdrawal]:
+        """Unsent outbox rows of the revoked classes, which must not leave the device any more."""
+        streams = tuple(s.name for s in self._config.streams if s.subject == record.subject)
+        if not streams:
+            return []
+        return [
+            Withdrawal(name, streams)
+            for name in record.data_classes
+            if record.purpose in self._config.data_classes[name].purposes
+        ]
 
     def _erasures(self, record: ConsentRecord) -> list[Erasure]:
         streams = tuple(s.name for s in self._config.streams if s.subject == record.subject)

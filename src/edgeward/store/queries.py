@@ -99,6 +99,7 @@ def count_rows(connection: Any) -> dict[str, Any]:
     # NOTE: count(*) scans the whole table, so a status call costs time in proportion to the stored results.
     results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
     summaries = connection.execute("SELECT count(*) FROM summaries").fetchone()[0]
+    alerts = connection.execute("SELECT count(*) FROM alerts").fetchone()[0]
     backlog, oldest = connection.execute(
         "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL AND withheld_at IS NULL"
     ).fetchone()
@@ -109,30 +110,63 @@ def count_rows(connection: Any) -> dict[str, Any]:
         "outbox_withheld": withheld,
         "results": results,
         "summaries": summaries,
+        "alerts": alerts,
         "outbox_backlog": backlog,
         "outbox_oldest_unsent": oldest,
     }
 
 
 def unsent_page(
-    connection: Any, after_id: int, limit: int
+    connection: Any, kind: str, after_id: int, limit: int
 ) -> list[tuple[int, str, bytes, str, str, str]]:
-    """Return up to `limit` unsent outbox rows after `after_id`, in id order.
+    """Return up to `limit` unsent outbox rows of one kind after `after_id`, in id order.
 
     Each row is (id, topic, payload, data class, stream, message id).
     """
     rows: list[tuple[int, str, bytes, str, str, str]] = connection.execute(
-        "SELECT o.id, o.topic, o.payload, s.data_class, s.stream, o.message_id FROM outbox o"
-        " JOIN summaries s ON s.id = o.summary_id"
-        " WHERE o.sent_at IS NULL AND o.withheld_at IS NULL AND o.id > ? ORDER BY o.id LIMIT ?",
-        (after_id, limit),
+        "SELECT id, topic, payload, data_class, stream, message_id FROM outbox"
+        " WHERE kind = ? AND sent_at IS NULL AND withheld_at IS NULL AND id > ?"
+        " ORDER BY id LIMIT ?",
+        (kind, after_id, limit),
     ).fetchall()
     return rows
 
 
-def last_sequences(connection: Any) -> dict[str, int]:
-    """Return each stream's highest summary sequence number."""
-    rows = connection.execute("SELECT stream, max(seq) FROM summaries GROUP BY stream").fetchall()
+def recent_egress(connection: Any, since: float) -> list[tuple[float, int]]:
+    """Return (time, payload and topic bytes) of each message published since `since`, newest first."""
+    found = []
+    # The audit log's ids grow with time, so reading backwards can stop at the first older event.
+    for at, event, details in connection.execute(
+        "SELECT at, event, details FROM audit_log ORDER BY id DESC"
+    ):
+        if at < since:
+            break
+        if event.startswith("egress."):
+            record = json.loads(details)
+            found.append((at, int(record.get("bytes", 0)) + len(record.get("topic", "").encode())))
+    return found
+
+
+def handed_through(connection: Any) -> int:
+    """Return the highest outbox id an earlier run handed to the MQTT client."""
+    row = connection.execute("SELECT handed_through FROM uplink_state").fetchone()
+    return int(row[0]) if row else 0
+
+
+def unsent_through(connection: Any, last_id: int) -> int:
+    """Count the unsent outbox rows with ids up to `last_id`."""
+    row = connection.execute(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND withheld_at IS NULL AND id <= ?",
+        (last_id,),
+    ).fetchone()
+    return int(row[0])
+
+
+def last_sequences(connection: Any, table: str = "summaries") -> dict[str, int]:
+    """Return each stream's highest sequence number in `table` (summaries or alerts)."""
+    if table not in ("summaries", "alerts"):
+        raise ValueError(f"no sequence numbers in table {table!r}")
+    rows = connection.execute(f"SELECT stream, max(seq) FROM {table} GROUP BY stream").fetchall()
     return {stream: seq for stream, seq in rows}
 
 

@@ -1,8 +1,8 @@
 """Retention: delete rows past their class's max age, and the oldest lowest-tier rows over the disk budget.
 
 Pruning runs in bounded batches, each one writer item in a transaction of its
-own, so ingest commits go on between batches. Summaries whose outbox row
-still waits to be sent are never pruned.
+own, so ingest commits go on between batches. Summaries and alerts whose
+outbox row still waits to be sent are never pruned.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 BATCH_ROWS = 1000
 TIER_ORDER = ("public", "internal", "confidential", "restricted")
-_UNSENT = "SELECT summary_id FROM outbox WHERE sent_at IS NULL AND withheld_at IS NULL"
+# Table -> (its outbox reference, its time column).
+_MESSAGE_TABLES = {"summaries": ("summary_id", "created_at"), "alerts": ("alert_id", "detected_at")}
 
 
 @dataclass
@@ -47,13 +48,18 @@ def prune_batch(connection: Any, item: Prune) -> int:
         )
         return int(cursor.rowcount)
 
-    selection = (
-        "SELECT id FROM summaries WHERE data_class = ? AND created_at < ?"
-        f" AND id NOT IN ({_UNSENT}) ORDER BY id LIMIT ?"
+    reference, time_column = _MESSAGE_TABLES[item.table]
+    unsent = (
+        f"SELECT {reference} FROM outbox WHERE kind = ? AND sent_at IS NULL AND withheld_at IS NULL"
     )
-    params = (item.data_class, item.before, item.limit)
-    connection.execute(f"DELETE FROM outbox WHERE summary_id IN ({selection})", params)
-    cursor = connection.execute(f"DELETE FROM summaries WHERE id IN ({selection})", params)
+    selection = (
+        f"SELECT id FROM {item.table} WHERE data_class = ? AND {time_column} < ?"
+        f" AND id NOT IN ({unsent}) ORDER BY id LIMIT ?"
+    )
+    kind = "summary" if item.table == "summaries" else "alert"
+    params = (item.data_class, item.before, kind, item.limit)
+    connection.execute(f"DELETE FROM outbox WHERE {reference} IN ({selection})", params)
+    cursor = connection.execute(f"DELETE FROM {item.table} WHERE id IN ({selection})", params)
     return int(cursor.rowcount)
 
 
@@ -113,7 +119,7 @@ class Pruner:
         """Prune by age, then by budget."""
         now = time.time()
         for name, data_class in self._config.data_classes.items():
-            for table in ("results", "summaries"):
+            for table in ("results", "summaries", "alerts"):
                 self._drain(Prune(table, name, now - data_class.retention))
         self._enforce_budget()
         self.last_run = now
@@ -157,7 +163,7 @@ class Pruner:
                 return
         log.warning(
             "retention: the database still uses more than its budget of %d bytes after pruning "
-            "every class; unsent summaries are kept",
+            "every class; unsent summaries and alerts are kept",
             budget,
         )
 
@@ -185,7 +191,7 @@ class Pruner:
 
     def _drain_one_batch(self, name: str) -> int:
         deleted = 0
-        for table in ("results", "summaries"):
+        for table in ("results", "summaries", "alerts"):
             batch = Prune(table, name, float("inf"))
             if self._writer.put(batch) and batch.done.wait(60):
                 deleted += batch.deleted

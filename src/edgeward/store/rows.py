@@ -50,12 +50,32 @@ class SummaryRow:
 
 
 @dataclass(frozen=True)
+class AlertRow:
+    """An anomaly a stream detected, with the MQTT message that carries it."""
+
+    stream: str
+    data_class: str
+    seq: int
+    ts: float
+    label: str | None
+    score: float
+    model_sha256: str
+    detected_at: float
+    message_id: str
+    topic: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class MarkSent:
     """Outbox rows the broker acknowledged, with their egress records for the audit log."""
 
     outbox_ids: list[int]
     sent_at: float
     egress: tuple[AuditEvent, ...] = ()
+    # The highest outbox id handed to the MQTT client so far, kept so that a
+    # restart can count the rows it may publish twice. 0: unchanged.
+    handed_through: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,16 +101,26 @@ class Erasure:
     streams: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Withdrawal:
+    """Unsent outbox rows of one data class and some streams, to keep from leaving the device."""
+
+    data_class: str
+    streams: tuple[str, ...]
+
+
 @dataclass
 class LedgerEntry:
-    """A consent record, the erasures it causes, and their audit events, committed together.
+    """A consent record, the erasures and withdrawals it causes, and their audit events, committed together.
 
-    `done` is set after the commit; `consent_id` and `erased` then hold what was written.
+    `done` is set after the commit; `consent_id`, `erased` and `withdrawn` then hold what was written.
     """
 
     consent: ConsentRecord | None
     audit: list[AuditEvent]
     erasures: list[Erasure] = field(default_factory=list)
+    withdrawals: list[Withdrawal] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
     consent_id: int | None = None
     erased: dict[str, int] = field(default_factory=dict)
+    withdrawn: dict[str, int] = field(default_factory=dict)

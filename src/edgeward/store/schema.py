@@ -103,6 +103,58 @@ MIGRATIONS: list[str] = [
     DROP INDEX outbox_unsent;
     CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL AND withheld_at IS NULL;
     """,
+    # 3: alerts, and an outbox that carries both kinds of message. The
+    # outbox now names each row's stream and data class, so the uplink and a
+    # revocation find them without a join, and a row points at a summary or
+    # an alert. SQLite cannot drop a NOT NULL constraint in place, so the
+    # table is copied.
+    """
+    CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        stream TEXT NOT NULL,
+        data_class TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        ts REAL NOT NULL,
+        label TEXT,
+        score REAL NOT NULL,
+        model_sha256 TEXT NOT NULL,
+        detected_at REAL NOT NULL,
+        UNIQUE (stream, seq)
+    );
+    CREATE INDEX alerts_ts ON alerts (ts);
+
+    CREATE TABLE outbox_new (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('alert', 'summary')),
+        summary_id INTEGER REFERENCES summaries (id),
+        alert_id INTEGER REFERENCES alerts (id),
+        stream TEXT NOT NULL,
+        data_class TEXT NOT NULL,
+        message_id TEXT NOT NULL UNIQUE,
+        topic TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL,
+        withheld_at REAL
+    );
+    INSERT INTO outbox_new (id, kind, summary_id, stream, data_class, message_id, topic, payload,
+                            created_at, sent_at, withheld_at)
+        SELECT o.id, 'summary', o.summary_id, s.stream, s.data_class, o.message_id, o.topic,
+               o.payload, o.created_at, o.sent_at, o.withheld_at
+        FROM outbox o JOIN summaries s ON s.id = o.summary_id;
+    DROP TABLE outbox;
+    ALTER TABLE outbox_new RENAME TO outbox;
+    CREATE INDEX outbox_unsent ON outbox (kind, id) WHERE sent_at IS NULL AND withheld_at IS NULL;
+    CREATE INDEX outbox_summary ON outbox (summary_id);
+
+    -- Highest outbox id handed to the MQTT client in an earlier run: rows at
+    -- or below it that are still unsent may reach the broker twice.
+    CREATE TABLE uplink_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        handed_through INTEGER NOT NULL
+    );
+    INSERT INTO uplink_state (id, handed_through) VALUES (1, 0);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,7 @@ from edgeward.store.audit import insert_event, read_head
 from edgeward.store.consent import classes_json
 from edgeward.store.retention import Prune, prune_batch
 from edgeward.store.rows import (
+    AlertRow,
     Barrier,
     Erasure,
     LedgerEntry,
@@ -31,11 +32,21 @@ from edgeward.store.rows import (
     MarkWithheld,
     ResultRow,
     SummaryRow,
+    Withdrawal,
 )
 
 log = logging.getLogger(__name__)
 
-Item = ResultRow | SummaryRow | MarkSent | MarkWithheld | LedgerEntry | Barrier | list[ResultRow]
+Item = (
+    ResultRow
+    | SummaryRow
+    | AlertRow
+    | MarkSent
+    | MarkWithheld
+    | LedgerEntry
+    | Barrier
+    | list[ResultRow]
+)
 _STOP = object()
 RETRY_DELAY = 1.0
 QUEUE_POLL = 0.5
@@ -51,6 +62,7 @@ class WriterCounters:
 
     results: int = 0
     summaries: int = 0
+    alerts: int = 0
     marked_sent: int = 0
     transactions: int = 0
     failed_transactions: int = 0
@@ -71,6 +83,7 @@ class Writer:
         batch_interval: float = 0.2,
         max_queued: int = 10000,
         tiers: dict[str, int] | None = None,
+        on_outbox: Callable[[], None] | None = None,
     ) -> None:
         self._connection = connection
         self._batch_size = batch_size
@@ -86,6 +99,8 @@ class Writer:
         self._tiers = tiers or {}
         self._last_disk_full: float | None = None
         self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
+        # Called after a commit that added outbox rows, so the uplink sends them at once.
+        self.on_outbox = on_outbox
 
     def start(self) -> None:
         self._thread.start()
@@ -306,12 +321,13 @@ class Writer:
     def _commit(self, batch: list[Any]) -> None:
         results = [row for item in batch for row in _results_of(item)]
         summaries = [item for item in batch if isinstance(item, SummaryRow)]
+        alerts = [item for item in batch if isinstance(item, AlertRow)]
         sent = [item for item in batch if isinstance(item, MarkSent)]
         withheld = [item for item in batch if isinstance(item, MarkWithheld)]
         ledger = [item for item in batch if isinstance(item, LedgerEntry)]
         prunes = [item for item in batch if isinstance(item, Prune)]
         connection = self._connection
-        if not (results or summaries or sent or withheld or ledger or prunes):
+        if not (results or summaries or alerts or sent or withheld or ledger or prunes):
             return
         head = self._audit_head
 
@@ -319,6 +335,8 @@ class Writer:
         try:
             if results:
                 _insert_results(connection, results, time.time())
+            for alert in alerts:
+                _insert_alert(connection, alert)
             for summary in summaries:
                 _insert_summary(connection, summary)
             for mark in sent:
@@ -328,6 +346,11 @@ class Writer:
                 )
                 for event in mark.egress:
                     head = insert_event(connection, head, event)
+            handed = max((mark.handed_through for mark in sent), default=0)
+            if handed:
+                connection.execute(
+                    "UPDATE uplink_state SET handed_through = max(handed_through, ?)", (handed,)
+                )
             for hold in withheld:
                 connection.executemany(
                     "UPDATE outbox SET withheld_at = ? WHERE id = ? AND sent_at IS NULL",
@@ -352,8 +375,11 @@ class Writer:
             prune.done.set()
         self.counters.results += len(results)
         self.counters.summaries += len(summaries)
+        self.counters.alerts += len(alerts)
         self.counters.marked_sent += sum(len(mark.outbox_ids) for mark in sent)
         self.counters.transactions += 1
+        if (alerts or summaries) and self.on_outbox is not None:
+            self.on_outbox()
 
 
 def _insert_results(connection: Any, results: list[ResultRow], stored_at: float) -> None:
@@ -415,10 +441,15 @@ def _write_ledger_entry(
     entry.erased = {}
     for erasure in entry.erasures:
         entry.erased[erasure.data_class] = _erase(connection, erasure)
+    entry.withdrawn = {}
+    for withdrawal in entry.withdrawals:
+        entry.withdrawn[withdrawal.data_class] = _withdraw(connection, withdrawal, time.time())
     for event in entry.audit:
         event.details.update(details)
         if entry.erased and event.event.startswith(("consent.", "erase.")):
             event.details["erased_rows"] = dict(entry.erased)
+        if entry.withdrawals and event.event.startswith("consent."):
+            event.details["withdrawn_messages"] = dict(entry.withdrawn)
         head = insert_event(connection, head, event)
     return head
 
@@ -428,16 +459,25 @@ def _erase(connection: Any, erasure: Erasure) -> int:
     params = (erasure.data_class, *erasure.streams)
     deleted = 0
     connection.execute(
-        "DELETE FROM outbox WHERE summary_id IN (SELECT id FROM summaries"
-        f" WHERE data_class = ? AND stream IN ({marks}))",
+        f"DELETE FROM outbox WHERE data_class = ? AND stream IN ({marks})",
         params,
     )
-    for table in ("results", "summaries"):
+    for table in ("results", "summaries", "alerts"):
         cursor = connection.execute(
             f"DELETE FROM {table} WHERE data_class = ? AND stream IN ({marks})", params
         )
         deleted += cursor.rowcount
     return deleted
+
+
+def _withdraw(connection: Any, withdrawal: Withdrawal, now: float) -> int:
+    marks = ", ".join("?" * len(withdrawal.streams))
+    cursor = connection.execute(
+        "UPDATE outbox SET withheld_at = ? WHERE sent_at IS NULL AND withheld_at IS NULL"
+        f" AND data_class = ? AND stream IN ({marks})",
+        (now, withdrawal.data_class, *withdrawal.streams),
+    )
+    return int(cursor.rowcount)
 
 
 def _is_disk_full(error: Exception) -> bool:
@@ -451,7 +491,7 @@ def _is_empty(item: Any) -> bool:
 def _row_count(item: Any) -> int:
     if isinstance(item, list):
         return len(item)
-    return 1 if isinstance(item, (ResultRow, SummaryRow)) else 0
+    return 1 if isinstance(item, (ResultRow, SummaryRow, AlertRow)) else 0
 
 
 def _results_of(item: Any) -> Iterable[ResultRow]:
@@ -483,6 +523,20 @@ def _insert_summary(connection: Any, s: SummaryRow) -> None:
         ),
     )
     connection.execute(
-        "INSERT INTO outbox (summary_id, message_id, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)",
-        (cursor.lastrowid, s.message_id, s.topic, s.payload, s.created_at),
+        "INSERT INTO outbox (kind, summary_id, stream, data_class, message_id, topic, payload,"
+        " created_at) VALUES ('summary', ?, ?, ?, ?, ?, ?, ?)",
+        (cursor.lastrowid, s.stream, s.data_class, s.message_id, s.topic, s.payload, s.created_at),
+    )
+
+
+def _insert_alert(connection: Any, a: AlertRow) -> None:
+    cursor = connection.execute(
+        "INSERT INTO alerts (stream, data_class, seq, ts, label, score, model_sha256, detected_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (a.stream, a.data_class, a.seq, a.ts, a.label, a.score, a.model_sha256, a.detected_at),
+    )
+    connection.execute(
+        "INSERT INTO outbox (kind, alert_id, stream, data_class, message_id, topic, payload,"
+        " created_at) VALUES ('alert', ?, ?, ?, ?, ?, ?, ?)",
+        (cursor.lastrowid, a.stream, a.data_class, a.message_id, a.topic, a.payload, a.detected_at),
     )
