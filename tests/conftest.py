@@ -94,6 +94,8 @@ class Recorder:
 
     def __init__(self, port: int, topic: str = "edgeward/#") -> None:
         self.messages: list[tuple[str, bytes]] = []
+        # (topic, summary or alert) for every item received, batches unpacked, duplicates kept.
+        self._items: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=f"recorder-{port}", clean_session=False
@@ -105,17 +107,20 @@ class Recorder:
         self._client.loop_start()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        payload = bytes(message.payload)
+        items = [] if "/status" in message.topic else unpack(payload)
         with self._lock:
-            self.messages.append((message.topic, bytes(message.payload)))
+            self.messages.append((message.topic, payload))
+            self._items += [(message.topic, item) for item in items]
 
     def summaries(self) -> list[dict[str, Any]]:
-        """Every summary received, batches unpacked, duplicates kept."""
+        """Every summary received, in order, batches unpacked, duplicates kept."""
         with self._lock:
-            return [item for t, p in self.messages if "/summary/" in t for item in unpack(p)]
+            return [item for topic, item in self._items if "/summary/" in topic]
 
     def alerts(self) -> list[dict[str, Any]]:
         with self._lock:
-            return [item for t, p in self.messages if "/alert/" in t for item in unpack(p)]
+            return [item for topic, item in self._items if "/alert/" in topic]
 
     def close(self) -> None:
         self._client.loop_stop()
