@@ -94,6 +94,8 @@ class Recorder:
 
     def __init__(self, port: int, topic: str = "edgeward/#") -> None:
         self.messages: list[tuple[str, bytes]] = []
+        # (time.time() at arrival, topic, payload and topic bytes) of every message.
+        self.arrivals: list[tuple[float, str, int]] = []
         # (topic, summary or alert) for every item received, batches unpacked, duplicates kept.
         self._items: list[tuple[str, dict[str, Any]]] = []
         self._lock = threading.Lock()
@@ -110,6 +112,7 @@ class Recorder:
         payload = bytes(message.payload)
         items = [] if "/status" in message.topic else unpack(payload)
         with self._lock:
+            self.arrivals.append((time.time(), message.topic, len(payload) + len(message.topic)))
             self.messages.append((message.topic, payload))
             self._items += [(message.topic, item) for item in items]
 

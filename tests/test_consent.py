@@ -286,6 +286,60 @@ def test_consent_controls_storage_and_sync(
     }
 
 
+@pytest.mark.integration
+def test_revoke_withdraws_queued_summaries(
+    tmp_path: Path, broker: Broker, recorder: Recorder
+) -> None:
+    config = tmp_path / "edgeward.yaml"
+    model = REALDATA / "models" / "hello_world_int8.tflite"
+    config.write_text(CONFIG.format(tmp=tmp_path, port=broker.port, model=model))
+    socket_path = tmp_path / "api.sock"
+    sock = ["--socket", str(socket_path)]
+    broker.stop()
+    daemon = DaemonProcess(config)
+    try:
+        daemon.wait_ready(socket_path)
+        granted = cli("consent", "grant", "--subject", "alice", "--purpose", "wellbeing", *sock)
+        assert granted.returncode == 0, granted.stderr
+        wait_for(
+            lambda: client.get(socket_path, "/v1/status")["store"]["outbox_backlog"] >= 3,
+            10,
+            "no summary queued while the broker is down",
+        )
+
+        revoked = cli("consent", "revoke", "--subject", "alice", "--purpose", "wellbeing", *sock)
+        assert revoked.returncode == 0, revoked.stderr
+        assert "withdrew" in revoked.stdout
+        assert "unsent messages of class vitals-summary" in revoked.stdout
+        # Withdrawn in the revocation's own transaction, before the command returned.
+        store = client.get(socket_path, "/v1/status")["store"]
+        assert store["outbox_backlog"] == 0
+        assert store["outbox_withheld"] >= 3
+
+        broker.start()
+        wait_for(
+            lambda: client.get(socket_path, "/v1/status")["mqtt"]["connected"],
+            10,
+            "the daemon did not reconnect",
+        )
+        time.sleep(2.0)
+        assert recorder.summaries() == []
+        assert daemon.terminate() == 0
+    finally:
+        daemon.kill()
+
+    key = derive_key(load_master_key(tmp_path / "master.key"), DATABASE_KEY_INFO)
+    connection = open_database(tmp_path / "edgeward.db", key)
+    kept = connection.execute("SELECT count(*) FROM summaries").fetchone()[0]
+    revoke = connection.execute(
+        "SELECT details FROM audit_log WHERE event = 'consent.revoke'"
+    ).fetchone()[0]
+    connection.close()
+    # The summaries stay on the device; only their sending was withdrawn.
+    assert kept >= 3
+    assert json.loads(revoke)["withdrawn_messages"]["vitals-summary"] >= 3
+
+
 def test_state_in_force_narrows_to_remaining_classes() -> None:
     state = ConsentState.from_records([record("grant", ("a", "b")), record("revoke", ("b",))])
     [grant] = state.in_force(1.0)

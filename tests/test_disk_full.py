@@ -81,6 +81,9 @@ def test_full_disk_keeps_higher_tier_and_recovers(tmp_path: Path, small_disk: Pa
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
         wait_for(lambda: store()["degraded"] is False, 30, "the daemon did not recover")
+        # The reserve file given back on the full disk is made again.
+        reserve = small_disk / "edgeward.db.reserve"
+        wait_for(reserve.exists, 25, "the reserve file was not restored")
         dropped = store()["dropped_disk_full"]["bulk"]
         time.sleep(2)
         assert store()["dropped_disk_full"]["bulk"] == dropped

@@ -131,6 +131,9 @@ def _record(args: argparse.Namespace, action: str, socket_path: SocketPath) -> i
     print(f"{action} recorded (id {record['id']}): {_describe(record)}")
     for data_class, rows in sorted(reply["erased_rows"].items()):
         print(f"erased {rows} stored rows of class {data_class}")
+    withdrawn = {name: rows for name, rows in reply.get("withdrawn_messages", {}).items() if rows}
+    for data_class, rows in sorted(withdrawn.items()):
+        print(f"withdrew {rows} unsent messages of class {data_class}; they stay on the device")
     return 0
 
 

@@ -47,7 +47,7 @@ def consent_routes(
         allow_parameters(request.query, set())
         body = _json_body(request.body)
         try:
-            committed, erased = ledger.record(
+            committed, erased, withdrawn = ledger.record(
                 action=_choice(body, "action", ("grant", "revoke")),
                 subject=_text(body, "subject"),
                 purpose=_text(body, "purpose"),
@@ -59,7 +59,11 @@ def consent_routes(
             )
         except ConsentError as error:
             raise BadRequest(str(error)) from None
-        return {"consent": committed.to_json(), "erased_rows": erased}
+        return {
+            "consent": committed.to_json(),
+            "erased_rows": erased,
+            "withdrawn_messages": withdrawn,
+        }
 
     def audit_verify(request: Request) -> dict[str, Any]:
         allow_parameters(request.query, set())

@@ -38,6 +38,7 @@ from edgeward.store.database import open_database
 from edgeward.store.ledger import ConsentLedger
 from edgeward.store.lock import DatabaseLock
 from edgeward.store.queries import count_rows, integrity_problems, last_sequences
+from edgeward.store.reserve import RESERVE_BYTES, DiskReserve
 from edgeward.store.retention import TIER_ORDER, Pruner
 from edgeward.store.rows import LedgerEntry
 from edgeward.store.sealed import unseal_result
@@ -180,6 +181,10 @@ class Daemon:
             config.database.batch_size,
             config.database.batch_interval,
             tiers=tiers,
+            reserve=DiskReserve(
+                config.database.path.with_name(config.database.path.name + ".reserve"),
+                RESERVE_BYTES,
+            ),
         )
         self.writer.start()
 

@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL = 0.5
 FAILURE_LOG_INTERVAL = 60.0
+# Publishing pauses while the writer has more items than this queued. Without
+# it, PUBACKs of a fast drain queued sent-marks faster than the writer
+# committed them, and the daemon grew by tens of MiB on a large backlog.
+MAX_WRITER_QUEUE = 64
+WRITER_WAIT = 0.01
 
 # (id, topic, payload, data class, stream, message id), as unsent_page returns them.
 OutboxRow = tuple[int, str, bytes, str, str, str]
@@ -218,6 +223,9 @@ class Uplink:
     def _publish_round(self) -> int:
         """Hand alerts, then summaries, to paho while there is room and budget; return how many."""
         if self._retry_at is not None and not self._rewind():
+            return 0
+        if self._writer.queued > MAX_WRITER_QUEUE:
+            self._sleep = WRITER_WAIT
             return 0
         with self._inflight_lock:
             room = self._config.max_inflight - len(self._inflight)

@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 Connection = Any
 
+# Page cache per connection, in KiB. SQLCipher 4 raises SQLite's default to
+# 8000 KiB, and the daemon holds about ten connections, so a drain that reads
+# the whole outbox grew the daemon by tens of MiB. Readers run short queries
+# over indexes; the writer keeps more of the B-tree pages it appends to.
+READER_CACHE_KIB = 1024
+WRITER_CACHE_KIB = 4096
+WAL_CHECKPOINT_PAGES = 256
+
 
 def open_database(path: Path, key: bytes, *, writer: bool = False) -> Connection:
     """Open (and, for the writer, create and migrate) the encrypted database.
@@ -45,7 +53,7 @@ def open_database(path: Path, key: bytes, *, writer: bool = False) -> Connection
 
     try:
         _apply_key(connection, key, path)
-        _configure(connection)
+        _configure(connection, WRITER_CACHE_KIB if writer else READER_CACHE_KIB)
         if writer:
             migrate(connection, str(path))
     except sqlcipher3.Error as error:
@@ -75,7 +83,7 @@ def _apply_key(connection: Connection, key: bytes, path: Path) -> None:
         ) from error
 
 
-def _configure(connection: Connection) -> None:
+def _configure(connection: Connection, cache_kib: int) -> None:
     # WAL lets the API and the uplink read while the writer commits;
     # synchronous=NORMAL in WAL mode loses at most the last commits on power
     # loss, never the database's consistency.
@@ -84,3 +92,9 @@ def _configure(connection: Connection) -> None:
     connection.execute("PRAGMA secure_delete = ON")
     connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA busy_timeout = 5000")
+    connection.execute(f"PRAGMA cache_size = -{cache_kib}")
+    # Checkpoint every 1 MiB of WAL instead of 4 MiB, and truncate the WAL
+    # file back to 1 MiB after a checkpoint: on a nearly full disk a large
+    # WAL left no room for the checkpoint that would have freed it.
+    connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+    connection.execute(f"PRAGMA journal_size_limit = {WAL_CHECKPOINT_PAGES * 4096}")

@@ -103,8 +103,12 @@ class ConsentLedger:
         method: str = "cli",
         expires_at: float | None = None,
         policy_sha256: str | None = None,
-    ) -> tuple[ConsentRecord, dict[str, int]]:
-        """Validate, commit and apply one grant or revocation; return it with the rows it erased."""
+    ) -> tuple[ConsentRecord, dict[str, int], dict[str, int]]:
+        """Validate, commit and apply one grant or revocation.
+
+        Returns the committed record, the stored rows it erased per class, and
+        the unsent messages it withdrew from the outbox per class.
+        """
         self._check_subject(subject)
         classes = self._check_classes(purpose, data_classes, action)
         now = time.time()
@@ -148,7 +152,7 @@ class ConsentLedger:
             log.info(
                 "consent revoke: withdrew unsent messages from the outbox: %s", entry.withdrawn
             )
-        return committed, entry.erased
+        return committed, entry.erased, entry.withdrawn
 
     def erase(
         self, subject: str, data_classes: list[str], actor: str

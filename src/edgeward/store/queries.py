@@ -100,9 +100,19 @@ def count_rows(connection: Any) -> dict[str, Any]:
     results = connection.execute("SELECT count(*) FROM results").fetchone()[0]
     summaries = connection.execute("SELECT count(*) FROM summaries").fetchone()[0]
     alerts = connection.execute("SELECT count(*) FROM alerts").fetchone()[0]
-    backlog, oldest = connection.execute(
-        "SELECT count(*), min(created_at) FROM outbox WHERE sent_at IS NULL AND withheld_at IS NULL"
-    ).fetchone()
+    backlog = connection.execute(
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND withheld_at IS NULL"
+    ).fetchone()[0]
+    # Ids grow with created_at, so each kind's first unsent row is its oldest.
+    firsts = [
+        connection.execute(
+            "SELECT created_at FROM outbox WHERE kind = ? AND sent_at IS NULL"
+            " AND withheld_at IS NULL ORDER BY id LIMIT 1",
+            (kind,),
+        ).fetchone()
+        for kind in ("alert", "summary")
+    ]
+    oldest = min((row[0] for row in firsts if row is not None), default=None)
     withheld = connection.execute(
         "SELECT count(*) FROM outbox WHERE withheld_at IS NOT NULL"
     ).fetchone()[0]

@@ -146,6 +146,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE outbox_new RENAME TO outbox;
     CREATE INDEX outbox_unsent ON outbox (kind, id) WHERE sent_at IS NULL AND withheld_at IS NULL;
     CREATE INDEX outbox_summary ON outbox (summary_id);
+    CREATE INDEX outbox_withheld ON outbox (id) WHERE withheld_at IS NOT NULL;
 
     -- Highest outbox id handed to the MQTT client in an earlier run: rows at
     -- or below it that are still unsent may reach the broker twice.

@@ -22,6 +22,7 @@ import sqlcipher3
 from edgeward.ratelimit import RateLimitedLog
 from edgeward.store.audit import insert_event, read_head
 from edgeward.store.consent import classes_json
+from edgeward.store.reserve import DiskReserve
 from edgeward.store.retention import Prune, prune_batch
 from edgeward.store.rows import (
     AlertRow,
@@ -84,6 +85,7 @@ class Writer:
         max_queued: int = 10000,
         tiers: dict[str, int] | None = None,
         on_outbox: Callable[[], None] | None = None,
+        reserve: DiskReserve | None = None,
     ) -> None:
         self._connection = connection
         self._batch_size = batch_size
@@ -98,6 +100,12 @@ class Writer:
         # Data class -> tier rank (0 is the lowest), for shedding on a full disk.
         self._tiers = tiers or {}
         self._last_disk_full: float | None = None
+        # Whether the WAL was already truncated since the last successful commit.
+        self._wal_truncated = False
+        self._reserve = reserve
+        self._reserve_tried = time.monotonic()
+        if reserve is not None:
+            reserve.restore()
         self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
         # Called after a commit that added outbox rows, so the uplink sends them at once.
         self.on_outbox = on_outbox
@@ -244,6 +252,8 @@ class Writer:
                     return
                 continue
             break
+        self._wal_truncated = False
+        self._restore_reserve()
         if self.last_error is not None:
             log.info(
                 "database writes succeed again after %d failed transactions",
@@ -261,8 +271,16 @@ class Writer:
         first; then stored rows of those tiers, oldest first. Rows of the
         highest tier are never given up here: they wait and are retried.
         """
+        gained = False
+        if not self._wal_truncated:
+            # Once per full-disk episode, so a batch that does not fit cannot
+            # make this loop: give back the reserve file, then checkpoint and
+            # truncate the WAL, which can hold much of a small disk.
+            self._wal_truncated = True
+            released = self._reserve is not None and self._reserve.release()
+            gained = self._truncate_wal() or released
         if not self._tiers:
-            return False
+            return gained
         ranks = {
             row.data_class: self._tiers.get(row.data_class, 0)
             for item in batch
@@ -273,8 +291,35 @@ class Writer:
         self._last_disk_full = time.monotonic()
         if lower:
             self._shed(batch, lower[0][1])
+            if gained:
+                # Spend the space just gained on deleting stored lower-tier
+                # rows, whose pages the higher tiers then reuse.
+                self._free_below(top)
             return True
-        return self._free_below(top)
+        return self._free_below(top) or gained
+
+    def _restore_reserve(self) -> None:
+        """Make the reserve file again once the disk has not been full for a while."""
+        if self._reserve is None or self._reserve.held or self.degraded:
+            return
+        now = time.monotonic()
+        if now - self._reserve_tried < DEGRADED_HOLD:
+            return
+        self._reserve_tried = now
+        if self._reserve.restore():
+            log.info("disk has room again: restored the reserve file %s", self._reserve.path)
+
+    def _truncate_wal(self) -> bool:
+        """Checkpoint the WAL and truncate it; True when it held frames and was emptied."""
+        try:
+            busy, frames, _ = self._connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlcipher3.Error as error:
+            log.warning("disk full: WAL checkpoint failed: %s", error)
+            return False
+        if busy or frames <= 0:
+            return False
+        log.warning("disk full: checkpointed and truncated the WAL (%d frames)", frames)
+        return True
 
     def _shed(self, batch: list[Any], data_class: str) -> None:
         dropped = 0
