@@ -25,6 +25,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/uplink.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build src/*.egg-info

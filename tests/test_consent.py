@@ -278,7 +278,12 @@ def test_consent_controls_storage_and_sync(
     assert names.count("consent.grant") == 2
     assert names.count("consent.revoke") == 1
     assert names.count("export.subject") == 1
-    egress = [json.loads(details) for event, details in events if event == "egress.summary"]
+    egress = [
+        record
+        for event, details in events
+        if event == "egress"
+        for record in json.loads(details)["messages"]
+    ]
     assert egress
     assert all(record["consent_grants"] and record["bytes"] > 0 for record in egress)
     assert {message_id for record in egress for message_id in record["message_ids"]} >= {

@@ -80,8 +80,8 @@ def test_budget_holds_and_alerts_overtake_backlog(
     ]
     assert max(latencies) < 1.0, latencies
 
-    # Counted at the subscriber, whose clock sees each message a little after
-    # it left, so a window a little shorter than the period is checked.
+    # Counted at the subscriber, which gets each message a little after it
+    # left, so a window a little shorter than the period is checked.
     sent = [
         (at, size, "/alert/" in topic)
         for at, topic, size in recorder.arrivals

@@ -226,6 +226,11 @@ def test_daemon_killed_mid_drain_then_restarted(
     restarted = DaemonProcess(config)
     try:
         restarted.wait_ready(socket_path)
+        wait_for(
+            lambda: "resent" in client.get(socket_path, "/v1/status")["mqtt"],
+            10,
+            "the uplink did not start",
+        )
         # Rows handed to the client before the kill and not acknowledged go out again.
         assert client.get(socket_path, "/v1/status")["mqtt"]["resent"] > 0
         wait_drained(socket_path, 180)

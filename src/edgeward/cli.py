@@ -177,7 +177,7 @@ def format_status(data: dict[str, Any]) -> str:
     lines = [
         f"edgeward {data['version']} on {data['device_id']}, pid {data['pid']}, up {data['uptime']:.0f} s",
         f"database {data['database']}: {store.get('results', 0)} results, {store.get('summaries', 0)} summaries, "
-        f"{store.get('outbox_backlog', 0)} waiting in the outbox",
+        f"{store.get('alerts', 0)} alerts, {store.get('outbox_backlog', 0)} waiting in the outbox",
     ]
     if "broker" in mqtt:
         state = (
@@ -185,7 +185,17 @@ def format_status(data: dict[str, Any]) -> str:
             if mqtt["connected"]
             else f"not connected ({mqtt['last_error'] or 'connecting'})"
         )
-        lines.append(f"mqtt {mqtt['broker']}: {state}, {mqtt['acknowledged']} acknowledged")
+        lines.append(
+            f"mqtt {mqtt['broker']}: {state}, {mqtt['acknowledged']} acknowledged in "
+            f"{mqtt['messages']} messages ({mqtt['bytes_published']} bytes), {mqtt['resent']} re-sent, "
+            f"{mqtt['rejected']} rejected, {mqtt['connect_attempts']} connection attempts"
+        )
+        budget = mqtt["budget"]
+        if budget["bytes"] is not None:
+            lines.append(
+                f"mqtt budget: {budget['used']} of {budget['bytes']} bytes used in the last "
+                f"{budget['period']:.0f} s"
+            )
     for name, stream in data["streams"].items():
         lines.append(
             f"stream {name}: {stream['windows']} windows, {stream['summaries']} summaries, "

@@ -155,7 +155,7 @@ class Daemon:
                 "disk_budget": self.config.database.disk_budget,
                 "retention_deleted": dict(self.pruner.deleted) if self.pruner else {},
             },
-            "mqtt": self.uplink.status() if self.uplink else {"enabled": False},
+            "mqtt": self._uplink_status(),
         }
 
     def _start(self, models: list[Model]) -> None:
@@ -255,6 +255,12 @@ class Daemon:
 
         for worker in self.workers:
             worker.start()
+
+    def _uplink_status(self) -> dict[str, Any]:
+        if self.uplink is not None:
+            return self.uplink.status()
+        # The API answers before the uplink exists, while the daemon starts.
+        return {"enabled": self.config.mqtt.enabled, "connected": False}
 
     def _subject_of(self, stream: str) -> str:
         return next((s.subject for s in self.config.streams if s.name == stream), "device")

@@ -95,11 +95,17 @@ class Uplink:
         self._grants = grants or (lambda data_class, stream: [])
 
         self._cursors = {"alert": 0, "summary": 0}
+        # Commits with alerts so far, and the count when the alert query last
+        # came back short: the alert query runs only when they differ, not
+        # once per round.
+        self._alert_commits = 1
+        self._alerts_read = 0
         # Summary messages built from the last page, waiting for room or budget.
         self._pending: deque[Message] = deque()
         self._inflight: dict[int, Message] = {}
         self._inflight_lock = threading.Lock()
         self._acks: queue.SimpleQueue[tuple[int, str | None]] = queue.SimpleQueue()
+        self._ack_batch = max(1, config.max_inflight // 4)
         self._handed_max = 0
         self._retry_at: float | None = None
         self._sleep = IDLE_POLL
@@ -139,8 +145,10 @@ class Uplink:
         self.link.start()
         self._thread.start()
 
-    def notify(self) -> None:
-        """Wake the thread: new outbox rows are committed."""
+    def notify(self, alerts: bool = False) -> None:
+        """Wake the thread: new outbox rows are committed, alerts among them when `alerts` is True."""
+        if alerts:
+            self._alert_commits += 1
         self._wake.set()
 
     def drain(self, timeout: float) -> bool:
@@ -202,7 +210,12 @@ class Uplink:
 
     def _on_publish(self, mid: int, failure: str | None) -> None:
         self._acks.put((mid, failure))
-        self._wake.set()
+        # Woken once per quarter of the in-flight window, or when every
+        # in-flight message is acknowledged: a round per PUBACK cost more
+        # than the publishing itself.
+        waiting = self._acks.qsize()
+        if waiting >= self._ack_batch or waiting >= len(self._inflight):
+            self._wake.set()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -231,13 +244,21 @@ class Uplink:
             room = self._config.max_inflight - len(self._inflight)
         handed = 0
 
-        for row in unsent_page(self._connection, "alert", self._cursors["alert"], max(room, 0)):
+        commits = self._alert_commits
+        alerts = []
+        if commits != self._alerts_read and room > 0:
+            alerts = unsent_page(self._connection, "alert", self._cursors["alert"], room)
+            if len(alerts) < room:
+                self._alerts_read = commits
+        for row in alerts:
             message = self._message("alert", [row])
-            if message is not None:
+            if self._allowed(message):
                 wait = self._budget.wait(message.size, alert=True)
                 if wait > 0:
-                    # Summaries wait behind the alert, so that alerts go first.
+                    # Summaries wait behind the alert, so that alerts go first,
+                    # and the alert query runs again next round.
                     self._sleep = min(self._sleep, wait)
+                    self._alerts_read = -1
                     return handed
                 self._publish(message)
                 room -= 1
@@ -247,11 +268,11 @@ class Uplink:
         while room > 0:
             if not self._pending and not self._read_summaries():
                 break
-            if not self._pending:
-                # A page of withheld rows only: read on.
+            message = self._pending[0]
+            if not self._allowed(message):
+                self._pending.popleft()
                 handed += 1
                 continue
-            message = self._pending[0]
             wait = self._budget.wait(message.size, alert=False)
             if wait > 0:
                 self._sleep = min(self._sleep, wait)
@@ -291,20 +312,12 @@ class Uplink:
 
         # By first row, so each stream keeps its order and no stream waits behind another's backlog.
         for chunk in sorted(chunks, key=lambda c: c[0][0]):
-            message = self._message("summary", chunk)
-            if message is not None:
-                self._pending.append(message)
+            self._pending.append(self._message("summary", chunk))
         return True
 
-    def _message(self, kind: str, rows: list[OutboxRow]) -> Message | None:
-        """Build the message for rows of one stream and class; None when they must stay on the device."""
+    def _message(self, kind: str, rows: list[OutboxRow]) -> Message:
+        """Build the message for rows of one stream and data class."""
         _, topic, payload, data_class, stream, _ = rows[0]
-        if not self._may_send(data_class, stream):
-            # These rows stay in the database and never leave the device.
-            withheld = [row[0] for row in rows]
-            self.withheld += len(withheld)
-            self._writer.put(MarkWithheld(withheld, time.time()))
-            return None
         if len(rows) > 1:
             payload = batch_payload(self._device_id, stream, [row[2] for row in rows])
         message = Message(
@@ -323,13 +336,20 @@ class Uplink:
                 message.compressed = True
         return message
 
+    def _allowed(self, message: Message) -> bool:
+        """Tell whether the message may leave the device now; if not, mark its rows withheld.
+
+        Checked just before publishing, once per message, so a revocation
+        that came in while the message waited in the pending queue counts.
+        """
+        if self._may_send(message.data_class, message.stream):
+            return True
+        # These rows stay in the database and never leave the device.
+        self.withheld += len(message.outbox_ids)
+        self._writer.put(MarkWithheld(message.outbox_ids, time.time()))
+        return False
+
     def _publish(self, message: Message) -> None:
-        # Consent is checked again at the last moment: a revocation may have
-        # come in while the message waited in the pending queue.
-        if not self._may_send(message.data_class, message.stream):
-            self.withheld += len(message.outbox_ids)
-            self._writer.put(MarkWithheld(message.outbox_ids, time.time()))
-            return
         info = self.link.client.publish(
             message.topic, message.payload, qos=1, properties=self._properties(message)
         )
@@ -365,7 +385,7 @@ class Uplink:
 
     def _drain_acks(self) -> None:
         acked: list[int] = []
-        egress = []
+        records: list[dict[str, Any]] = []
         now = time.time()
         while True:
             try:
@@ -382,19 +402,23 @@ class Uplink:
                 continue
             acked += message.outbox_ids
             # Every message that left the device, and the grants that allowed it.
-            details = {
-                "message_ids": message.message_ids,
-                "stream": message.stream,
-                "data_class": message.data_class,
-                "consent_grants": self._grants(message.data_class, message.stream),
-                "bytes": len(message.payload),
-                "topic": message.topic,
-                "compressed": message.compressed,
-            }
-            egress.append(AuditEvent(now, "uplink", f"egress.{message.kind}", details))
+            records.append(
+                {
+                    "kind": message.kind,
+                    "message_ids": message.message_ids,
+                    "stream": message.stream,
+                    "data_class": message.data_class,
+                    "consent_grants": self._grants(message.data_class, message.stream),
+                    "bytes": len(message.payload),
+                    "topic": message.topic,
+                    "compressed": message.compressed,
+                }
+            )
         if acked:
             self.acknowledged += len(acked)
-            self._writer.put(MarkSent(acked, now, tuple(egress), self._handed_max))
+            # One chained audit event per round of PUBACKs, listing each message.
+            egress = AuditEvent(now, "uplink", "egress", {"messages": records})
+            self._writer.put(MarkSent(acked, now, (egress,), self._handed_max))
 
     def _reject(self, message: Message, failure: str) -> None:
         """Keep rows the broker refused unsent, and retry them after reconnect_max seconds."""
@@ -421,6 +445,7 @@ class Uplink:
         # Committing the marks first keeps acknowledged rows from being read again.
         self._writer.flush()
         self._cursors = {"alert": 0, "summary": 0}
+        self._alert_commits += 1
         self._pending.clear()
         self._retry_at = None
         return True

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 Connection = Any
 
 # Page cache per connection, in KiB. SQLCipher 4 raises SQLite's default to
-# 8000 KiB, and the daemon holds about ten connections, so a drain that reads
+# 8000 KiB, and the daemon opens about ten connections, so a drain that reads
 # the whole outbox grew the daemon by tens of MiB. Readers run short queries
 # over indexes; the writer keeps more of the B-tree pages it appends to.
 READER_CACHE_KIB = 1024

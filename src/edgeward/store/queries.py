@@ -151,9 +151,10 @@ def recent_egress(connection: Any, since: float) -> list[tuple[float, int]]:
     ):
         if at < since:
             break
-        if event.startswith("egress."):
-            record = json.loads(details)
-            found.append((at, int(record.get("bytes", 0)) + len(record.get("topic", "").encode())))
+        if event == "egress":
+            for record in json.loads(details)["messages"]:
+                size = int(record["bytes"]) + len(record["topic"].encode())
+                found.append((at, size))
     return found
 
 

@@ -1,9 +1,9 @@
 """The single writer thread: batches queued rows into transactions.
 
 Every write goes through this thread, so SQLite never has two writers. A
-batch closes when it has `batch_size` items or `batch_interval` seconds
-after its first item, and is committed as one transaction: a summary and its
-outbox row always land together.
+batch closes when it has `batch_size` items, `batch_interval` seconds after
+its first item, or at once when it contains an alert. It is committed as one
+transaction: a summary or an alert and its outbox row always land together.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ class Writer:
         batch_interval: float = 0.2,
         max_queued: int = 10000,
         tiers: dict[str, int] | None = None,
-        on_outbox: Callable[[], None] | None = None,
+        on_outbox: Callable[[bool], None] | None = None,
         reserve: DiskReserve | None = None,
     ) -> None:
         self._connection = connection
@@ -107,7 +107,8 @@ class Writer:
         if reserve is not None:
             reserve.restore()
         self._failures = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
-        # Called after a commit that added outbox rows, so the uplink sends them at once.
+        # Called after a commit that added outbox rows, so the uplink sends them
+        # at once. The argument is True when alerts were among them.
         self.on_outbox = on_outbox
 
     def start(self) -> None:
@@ -207,6 +208,9 @@ class Writer:
         if first is _STOP:
             return [], True
         batch = [first]
+        if isinstance(first, AlertRow):
+            # An alert waits for nothing: its commit is the start of its delivery.
+            return batch, False
         deadline = time.monotonic() + self._batch_interval
         while len(batch) < self._batch_size:
             remaining = deadline - time.monotonic()
@@ -221,7 +225,7 @@ class Writer:
             if item is _STOP:
                 return batch, True
             batch.append(item)
-            if isinstance(item, Barrier):
+            if isinstance(item, (Barrier, AlertRow)):
                 break
         return batch, False
 
@@ -424,7 +428,7 @@ class Writer:
         self.counters.marked_sent += sum(len(mark.outbox_ids) for mark in sent)
         self.counters.transactions += 1
         if (alerts or summaries) and self.on_outbox is not None:
-            self.on_outbox()
+            self.on_outbox(bool(alerts))
 
 
 def _insert_results(connection: Any, results: list[ResultRow], stored_at: float) -> None:
