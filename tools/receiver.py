@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import zlib
 from collections import OrderedDict
 from typing import Any
@@ -67,18 +68,33 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=1883)
     parser.add_argument("--topic", action="append", help="MQTT topic filter; repeat for several")
+    parser.add_argument(
+        "--client-id",
+        default="edgeward-receiver",
+        help="MQTT client id of this receiver's persistent session; give each copy its own",
+    )
     arguments = parser.parse_args()
     topics = arguments.topic or ["edgeward/v1/+/summary/#", "edgeward/v1/+/alert/#"]
 
     deduplicator = Deduplicator()
     client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id="edgeward-receiver", clean_session=False
+        CallbackAPIVersion.VERSION2, client_id=arguments.client_id, clean_session=False
     )
 
     def on_message(client: Any, userdata: Any, message: Any) -> None:
         for body in unpack(message.payload):
+            gaps = deduplicator.gaps
             if deduplicator.accept(body):
                 print(json.dumps(body, sort_keys=True), flush=True)
+            else:
+                print(f"duplicate dropped: {body['message_id']}", file=sys.stderr, flush=True)
+            if deduplicator.gaps > gaps:
+                print(
+                    f"gap or reordering before {body['type']} seq {body['seq']} of stream "
+                    f"{body['stream']} from {body['device_id']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     client.on_connect = lambda c, u, f, rc, p: c.subscribe([(topic, 1) for topic in topics])
     client.on_message = on_message

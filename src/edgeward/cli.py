@@ -179,6 +179,9 @@ def format_status(data: dict[str, Any]) -> str:
         f"database {data['database']}: {store.get('results', 0)} results, {store.get('summaries', 0)} summaries, "
         f"{store.get('alerts', 0)} alerts, {store.get('outbox_backlog', 0)} waiting in the outbox",
     ]
+    age = store.get("outbox_oldest_unsent_age")
+    if age is not None:
+        lines[-1] += f" (oldest {age:.0f} s)"
     if "broker" in mqtt:
         state = (
             "connected"
@@ -187,14 +190,16 @@ def format_status(data: dict[str, Any]) -> str:
         )
         lines.append(
             f"mqtt {mqtt['broker']}: {state}, {mqtt['acknowledged']} acknowledged in "
-            f"{mqtt['messages']} messages ({mqtt['bytes_published']} bytes), {mqtt['resent']} re-sent, "
+            f"{mqtt['messages']} messages ({mqtt['bytes_published']} payload bytes), {mqtt['resent']} re-sent, "
             f"{mqtt['rejected']} rejected, {mqtt['connect_attempts']} connection attempts"
         )
         budget = mqtt["budget"]
         if budget["bytes"] is not None:
+            held = " (holding messages back)" if budget.get("holding_since") else ""
             lines.append(
-                f"mqtt budget: {budget['used']} of {budget['bytes']} bytes used in the last "
-                f"{budget['period']:.0f} s"
+                f"mqtt budget: {budget['used']} of {budget['bytes']} payload and topic bytes used "
+                f"in the last {budget['period']:.0f} s, {budget['alert_share']:.0%} kept for "
+                f"alerts{held}"
             )
     for name, stream in data["streams"].items():
         lines.append(

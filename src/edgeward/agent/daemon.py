@@ -354,8 +354,12 @@ class Daemon:
         if self.uplink is not None:
             # Give the last summaries a short chance to leave; whatever is
             # left stays in the outbox for the next start.
-            self.uplink.drain(self.config.mqtt.drain_timeout)
+            drained = self.uplink.drain(self.config.mqtt.drain_timeout)
             self.uplink.stop()
+            if not drained and self._status_connection is not None:
+                with self._status_lock:
+                    left = count_rows(self._status_connection)["outbox_backlog"]
+                log.info("%d messages stay in the outbox and go out after the next start", left)
         if self.api is not None:
             self.api.stop()
 

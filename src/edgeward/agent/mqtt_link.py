@@ -243,7 +243,12 @@ class MqttLink:
             return
         self.last_error = f"disconnected: {reason}"
         if was_connected:
-            log.warning("lost the MQTT broker connection (%s); reconnecting", reason)
+            # paho reports a connection the broker closed, or one that broke, as "Unspecified error".
+            log.warning(
+                "lost the MQTT broker connection: the broker closed it or the network failed "
+                "(paho: %s); reconnecting",
+                reason,
+            )
 
     def _handle_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any

@@ -116,6 +116,9 @@ class Uplink:
         self._idle_round = -1
         self._thread = threading.Thread(target=self._run, name="edgeward-uplink", daemon=True)
         self._rejections = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
+        self._budget_log = RateLimitedLog(log, FAILURE_LOG_INTERVAL)
+        # Wall-clock time since when the budget has held a message back; None while it does not.
+        self._held_since: float | None = None
 
         budget = config.budget
         self._budget = ByteBudget(budget.bytes, budget.period, budget.alert_share)
@@ -196,7 +199,9 @@ class Uplink:
             "budget": {
                 "bytes": config.budget.bytes,
                 "period": config.budget.period,
+                "alert_share": config.budget.alert_share,
                 "used": self._budget.used,
+                "holding_since": self._held_since,
             },
             "last_error": self.link.last_error,
         }
@@ -257,7 +262,7 @@ class Uplink:
                 if wait > 0:
                     # Summaries wait behind the alert, so that alerts go first,
                     # and the alert query runs again next round.
-                    self._sleep = min(self._sleep, wait)
+                    self._hold(message, wait)
                     self._alerts_read = -1
                     return handed
                 self._publish(message)
@@ -275,8 +280,9 @@ class Uplink:
                 continue
             wait = self._budget.wait(message.size, alert=False)
             if wait > 0:
-                self._sleep = min(self._sleep, wait)
+                self._hold(message, wait)
                 break
+            self._held_since = None
             self._pending.popleft()
             self._publish(message)
             room -= 1
@@ -335,6 +341,22 @@ class Uplink:
                 message.payload = packed
                 message.compressed = True
         return message
+
+    def _hold(self, message: Message, wait: float) -> None:
+        """Note that the byte budget holds `message` back for `wait` seconds."""
+        self._sleep = min(self._sleep, wait)
+        if self._held_since is None:
+            self._held_since = time.time()
+        budget = self._config.budget
+        self._budget_log.warning(
+            "budget",
+            "byte budget of %d bytes per %.0f s reached: %s messages wait in the outbox, the "
+            "next for %.1f s (raise mqtt.budget.bytes to send more)",
+            budget.bytes,
+            budget.period,
+            message.kind,
+            wait,
+        )
 
     def _allowed(self, message: Message) -> bool:
         """Tell whether the message may leave the device now; if not, mark its rows withheld.

@@ -89,7 +89,9 @@ def _check_link_config(config: Config) -> list[str]:
             "remove it for no budget"
         )
     if budget.period <= 0:
-        problems.append(f"{where('mqtt.budget.period')}: must be longer than 0 seconds")
+        problems.append(
+            f"{where('mqtt.budget.period')}: must be longer than 0 seconds, got {budget.period}"
+        )
     if not 0 <= budget.alert_share < 1:
         problems.append(
             f"{where('mqtt.budget.alert_share')}: must be at least 0 and below 1, got {budget.alert_share}"
