@@ -239,16 +239,16 @@ class MqttLink:
     ) -> None:
         was_connected = self.connected
         self.connected = False
-        if self._closing.is_set():
+        # After a refused CONNACK paho reports a disconnect too; the refusal is the error to keep.
+        if self._closing.is_set() or not was_connected:
             return
         self.last_error = f"disconnected: {reason}"
-        if was_connected:
-            # paho reports a connection the broker closed, or one that broke, as "Unspecified error".
-            log.warning(
-                "lost the MQTT broker connection: the broker closed it or the network failed "
-                "(paho: %s); reconnecting",
-                reason,
-            )
+        # paho reports a connection the broker closed, or one that broke, as "Unspecified error".
+        log.warning(
+            "lost the MQTT broker connection: the broker closed it or the network failed "
+            "(paho: %s); reconnecting",
+            reason,
+        )
 
     def _handle_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
