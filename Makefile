@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test test-unit lint typecheck bench clean
+.PHONY: demo test test-unit lint typecheck bench clean deb
 
 $(STAMP): pyproject.toml tools/bootstrap.sh
 	PYTHON=$(PYTHON) tools/bootstrap.sh $(VENV)
@@ -29,3 +29,16 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache build src/*.egg-info
+
+# The Debian package, built with dh-virtualenv; the .deb lands in dist/.
+DEB_BUILD_DEPS = debhelper dh-virtualenv dpkg-dev libsystemd-dev pkg-config python3-dev python3-venv lintian
+
+deb:
+	@if [ "$$(id -u)" = 0 ]; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(DEB_BUILD_DEPS) >/dev/null; \
+	fi
+	rm -rf build/deb dist/edgeward*.deb && mkdir -p build/deb/src dist
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -d -t build/deb/src
+	cd build/deb/src && dpkg-buildpackage -us -uc -b
+	mv build/deb/*.deb dist/
+	lintian --fail-on error,warning dist/edgeward_*.deb

@@ -272,7 +272,18 @@ def test_master_key_from_systemd_credential(
     assert load_master_key(path) == bytes.fromhex("cd" * 32)
 
 
-def test_credential_without_systemd_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_credential_without_systemd_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     with pytest.raises(KeyFileError, match="CREDENTIALS_DIRECTORY is not set"):
-        master_key_path(Path("/etc/edgeward/master.key"), "edgeward-key")
+        master_key_path(tmp_path / "missing.key", "edgeward-key")
+
+
+def test_credential_outside_service_reads_key_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    key_file = tmp_path / "master.key"
+    key_file.write_text("ab" * 32)
+    assert master_key_path(key_file, "edgeward-key") == key_file

@@ -65,6 +65,9 @@ def master_key_path(key_file: Path, credential: str | None) -> Path:
     if credential is None:
         return key_file
     directory = os.environ.get(CREDENTIALS_ENV)
+    if directory is None and key_file.exists():
+        # A command run outside the service (by root, say) reads the key file itself.
+        return key_file
     if directory is None:
         raise KeyFileError(
             f"database.key_credential is {credential!r} but ${CREDENTIALS_ENV} is not set; "
