@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test test-unit lint typecheck bench clean deb
+.PHONY: demo test test-unit lint typecheck bench clean deb test-system
 
 $(STAMP): pyproject.toml tools/bootstrap.sh
 	PYTHON=$(PYTHON) tools/bootstrap.sh $(VENV)
@@ -19,8 +19,8 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests systemtests benchmarks tools
+	$(BIN)/ruff format --check src tests systemtests benchmarks tools
 	$(BIN)/mypy
 
 bench: $(STAMP)
@@ -42,3 +42,13 @@ deb:
 	cd build/deb/src && dpkg-buildpackage -us -uc -b
 	mv build/deb/*.deb dist/
 	lintian --fail-on error,warning dist/edgeward_*.deb
+
+# The package under a real systemd: a debootstrapped Debian 12 root
+# filesystem (cached in /var/cache/edgeward-systemtest) booted with
+# systemd-nspawn. Needs root.
+SYSTEM_TEST_DEPS = debootstrap systemd-container
+
+test-system: $(STAMP) deb
+	@if [ "$$(id -u)" != 0 ]; then echo "make test-system needs root (debootstrap, systemd-nspawn)"; exit 1; fi
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(SYSTEM_TEST_DEPS) >/dev/null
+	$(BIN)/python -m pytest -q systemtests
