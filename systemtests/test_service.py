@@ -74,6 +74,30 @@ def test_status_only_for_group_members(box: Container) -> None:
     assert "ermission denied" in outsider.stderr
 
 
+def test_reload_applies_config_and_rejects_bad_one(box: Container) -> None:
+    box.run(["sed", "-i", "s/^device_id: edgeward-device$/device_id: reloaded-device/", CONFIG])
+    pid = main_pid(box)
+    box.run(["systemctl", "reload", "edgeward"], timeout=60)
+    wait_until(
+        lambda: status(box)["device_id"] == "reloaded-device", 15, "the reload was not applied"
+    )
+    assert main_pid(box) == pid
+
+    box.run(["sh", "-c", f"echo 'not_a_key: 1' >> {CONFIG}"])
+    box.run(["systemctl", "reload", "edgeward"], timeout=60)
+    wait_until(
+        lambda: "rejected" in box.run(["journalctl", "-u", "edgeward", "--no-pager"]).stdout,
+        15,
+        "the broken config was not rejected",
+    )
+    assert box.run(["systemctl", "is-active", "edgeward"]).stdout.strip() == "active"
+    assert main_pid(box) == pid
+    assert status(box)["device_id"] == "reloaded-device"
+    box.run(["sed", "-i", "/^not_a_key: 1$/d", CONFIG])
+    box.run(["sed", "-i", "s/^device_id: reloaded-device$/device_id: edgeward-device/", CONFIG])
+    box.run(["systemctl", "reload", "edgeward"], timeout=60)
+
+
 def test_security_exposure_is_ok(box: Container) -> None:
     output = box.run(["systemd-analyze", "security", "--no-pager", "edgeward.service"]).stdout
     found = re.search(r"Overall exposure level for edgeward\.service: ([0-9.]+)", output)

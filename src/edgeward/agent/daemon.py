@@ -26,7 +26,8 @@ from edgeward.agent.runtime import resolve_runtime
 from edgeward.agent.sources import source_channels
 from edgeward.agent.stream import StreamWorker
 from edgeward.agent.uplink import Uplink
-from edgeward.config.schema import Config
+from edgeward.config import load_config
+from edgeward.config.schema import Config, StreamConfig
 from edgeward.config.validate import check_config
 from edgeward.errors import ConfigError, ShapeMismatchError
 from edgeward.security.keys import DATABASE_KEY_INFO, derive_key, load_master_key, master_key_path
@@ -47,6 +48,7 @@ from edgeward.store.writer import Writer
 log = logging.getLogger(__name__)
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+RELOAD_SIGNAL = signal.SIGHUP
 # Routes that need more than the reader role.
 ROUTE_ROLES = {
     "POST /v1/consents": "operator",
@@ -107,6 +109,9 @@ class Daemon:
         self.pruner: Pruner | None = None
         self.keystore: KeyStore | None = None
         self._status_lock = threading.Lock()
+        self._key = b""
+        self._uplink_connection: Any = None
+        self._reload_requested = threading.Event()
 
     def run(self) -> int:
         """Start everything, wait for a stop request, stop everything. Returns the exit code."""
@@ -167,6 +172,7 @@ class Daemon:
         else:
             master = load_master_key(key_path)
         key = derive_key(master, DATABASE_KEY_INFO)
+        self._key = key
 
         self._lock = DatabaseLock(config.database.path)
         self._lock.acquire()
@@ -218,10 +224,10 @@ class Daemon:
             config.api.socket_mode,
             config.api.request_timeout,
             config.api.max_request_bytes,
-            streams=lambda: [stream.name for stream in config.streams],
+            streams=lambda: [stream.name for stream in self.config.streams],
             unsealer=self._unseal,
             audit_read=self._audit_restricted_read,
-            role_of=lambda uid, gid: role_of(config.api, uid, gid),
+            role_of=lambda uid, gid: role_of(self.config.api, uid, gid),
             may_read=self._may_read,
         )
         audit_connection = self._reader(key)
@@ -236,25 +242,148 @@ class Daemon:
             ROUTE_ROLES,
         )
         self.api.add_routes(
-            export_routes(config, self.ledger, self.writer, self._reader(key), threading.Lock()),
+            export_routes(
+                lambda: self.config, self.ledger, self.writer, self._reader(key), threading.Lock()
+            ),
             ROUTE_ROLES,
         )
         self.api.start()
 
-        if config.mqtt.enabled:
-            self.uplink = Uplink(
-                config.mqtt,
-                config.device_id,
-                self._reader(key),
-                self.writer,
-                self._may_send,
-                self._grant_ids,
-            )
-            self.writer.on_outbox = self.uplink.notify
-            self.uplink.start()
-
+        self._start_uplink()
         for worker in self.workers:
             worker.start()
+
+    def _start_uplink(self) -> None:
+        config = self.config
+        if not config.mqtt.enabled or self.writer is None:
+            return
+        self._uplink_connection = self._reader(self._key)
+        self.uplink = Uplink(
+            config.mqtt,
+            config.device_id,
+            self._uplink_connection,
+            self.writer,
+            self._may_send,
+            self._grant_ids,
+        )
+        self.writer.on_outbox = self.uplink.notify
+        self.uplink.start()
+
+    def _stop_uplink(self) -> None:
+        if self.uplink is None or self.writer is None:
+            return
+        self.writer.on_outbox = None
+        self.uplink.stop()
+        self.uplink = None
+        # Unacknowledged rows stay in the outbox; the next uplink sends them.
+        self._connections.remove(self._uplink_connection)
+        self._uplink_connection.close()
+        self._uplink_connection = None
+
+    def reload(self) -> bool:
+        """Read the config file again and apply it; keep the running config when the new one is bad.
+
+        Streams whose settings, model file and the settings they share are
+        unchanged keep running, so a replay is not started over. The others
+        stop, flush their open summary interval and start again, and the
+        uplink starts again with the new broker settings. Unsent rows stay
+        queued in the outbox throughout. Returns True when the new config
+        was applied.
+        """
+        path = self.config.source_file
+        if path is None:
+            log.warning("reload requested, but the configuration was not read from a file")
+            return False
+        systemd.notify("RELOADING=1")
+        try:
+            new = load_config(path)
+            check_config(new)
+            self._check_reloadable(new)
+            models = load_models(new)
+        except ConfigError as error:
+            log.error("reload of %s rejected; the running configuration stays:\n%s", path, error)
+            systemd.notify("READY=1")
+            return False
+        self._apply(new, models)
+        systemd.notify("READY=1")
+        log.info("reloaded %s: %d streams", path, len(self.workers))
+        return True
+
+    def _check_reloadable(self, new: Config) -> None:
+        old = self.config
+        changed = [
+            key
+            for key, before, after in (
+                ("database", old.database, new.database),
+                ("api.socket", old.api.socket, new.api.socket),
+                ("api.socket_mode", old.api.socket_mode, new.api.socket_mode),
+            )
+            if before != after
+        ]
+        if changed:
+            raise ConfigError(
+                f"{', '.join(changed)} cannot change while the daemon runs; "
+                "restart it (systemctl restart edgeward) to apply them"
+            )
+
+    def _apply(self, new: Config, models: list[Model]) -> None:
+        assert self.writer is not None and self.ledger is not None
+        old = self.config
+        shared_changed = (
+            new.device_id != old.device_id
+            or new.summaries != old.summaries
+            or new.mqtt.topic_prefix != old.mqtt.topic_prefix
+            or new.runtime != old.runtime
+        )
+        running = {worker.name: worker for worker in self.workers}
+        kept: dict[str, StreamWorker] = {}
+        for stream, model in zip(new.streams, models, strict=True):
+            worker = running.get(stream.name)
+            if worker is not None and not shared_changed and _same_stream(worker, stream, model):
+                kept[stream.name] = worker
+        stopping = [worker for name, worker in running.items() if name not in kept]
+        for worker in stopping:
+            worker.request_stop()
+        for worker in stopping:
+            worker.join(STOP_TIMEOUT)
+        self._stop_uplink()
+        self.writer.flush(STOP_TIMEOUT)
+
+        self.config = new
+        self.ledger.reconfigure(new)
+        if self.pruner is not None:
+            self.pruner.reconfigure(new)
+        with self._status_lock:
+            sequences = last_sequences(self._status_connection)
+            alert_sequences = last_sequences(self._status_connection, "alerts")
+        workers = []
+        started = []
+        for stream, model in zip(new.streams, models, strict=True):
+            if stream.name in kept:
+                workers.append(kept[stream.name])
+                continue
+            worker = StreamWorker(
+                new,
+                stream,
+                model,
+                self.writer,
+                sequences.get(stream.name, 0),
+                self.ledger,
+                self.keystore,
+                alert_sequences.get(stream.name, 0),
+            )
+            workers.append(worker)
+            started.append(worker)
+        self.workers = workers
+        self._start_uplink()
+        for worker in started:
+            worker.start()
+        log.info(
+            "reload: %d streams kept running, %d started, %d stopped",
+            len(kept),
+            len(started),
+            len(stopping),
+        )
 
     def _uplink_status(self) -> dict[str, Any]:
         if self.uplink is not None:
@@ -323,6 +452,9 @@ class Daemon:
         tick = min(1.0, ping_every) if ping_every else 1.0
 
         while not self._stop.wait(tick):
+            if self._reload_requested.is_set():
+                self._reload_requested.clear()
+                self.reload()
             if ping_every and self._healthy():
                 systemd.notify("WATCHDOG=1")
             if deadline is not None and time.monotonic() >= deadline:
@@ -384,3 +516,10 @@ class Daemon:
             return
         for signum in STOP_SIGNALS:
             signal.signal(signum, lambda number, frame: self._stop.set())
+        # The main loop reloads within a second; a handler must not do the work itself.
+        signal.signal(RELOAD_SIGNAL, lambda number, frame: self._reload_requested.set())
+
+
+def _same_stream(worker: StreamWorker, stream: StreamConfig, model: Model) -> bool:
+    """Tell whether a running worker already runs this stream config with this model file."""
+    return worker.stream == stream and worker.model.sha256 == model.sha256

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,19 @@ MAX_PAGE = 5000
 
 
 def export_routes(
-    config: Config, ledger: ConsentLedger, writer: Writer, connection: Any, lock: threading.Lock
+    current_config: Callable[[], Config],
+    ledger: ConsentLedger,
+    writer: Writer,
+    connection: Any,
+    lock: threading.Lock,
 ) -> dict[str, dict[str, Handler]]:
-    """Build the handler of GET /v1/export?subject=S&table=T&after=ID&limit=N."""
+    """Build the handler of GET /v1/export?subject=S&table=T&after=ID&limit=N.
+
+    `current_config` returns the running config, which a reload replaces.
+    """
 
     def export(request: Request) -> dict[str, Any]:
+        config = current_config()
         allow_parameters(request.query, {"subject", "table", "after", "limit"})
         subject = request.query.get("subject", "")
         if subject not in config.known_subjects():

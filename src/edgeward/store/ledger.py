@@ -188,6 +188,11 @@ class ConsentLedger:
         }
         return [scopes[scope] for scope in self._keystore.destroy(list(scopes))]
 
+    def reconfigure(self, config: Config) -> None:
+        """Use a reloaded config's classes, purposes and subjects, and record its new grants."""
+        self._config = config
+        self.apply_config_grants()
+
     def apply_config_grants(self) -> None:
         """Record the config file's grants that are not in force yet, with actor "config"."""
         for grant in self._config.consents:

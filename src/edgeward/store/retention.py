@@ -110,6 +110,10 @@ class Pruner:
     def start(self) -> None:
         self._thread.start()
 
+    def reconfigure(self, config: Config) -> None:
+        """Use a reloaded config's retention and budget from the next pass on."""
+        self._config = config
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread.ident is not None:
