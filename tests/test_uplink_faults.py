@@ -114,6 +114,11 @@ def check_exactly_once_in_order(
     assert len(first) == expected
     for stream, rows in stored.items():
         arrived = [item for item in first.values() if item["stream"] == stream]
+        seqs = [item["seq"] for item in arrived]
+        disorder = next((i for i in range(1, len(seqs)) if seqs[i] < seqs[i - 1]), None)
+        assert disorder is None, (
+            f"{stream}: seq order at the subscriber {seqs[disorder - 5 : disorder + 5]}"
+        )
         # dict order is arrival order, so this is each stream's order at the subscriber.
         assert [(item["seq"], item["message_id"]) for item in arrived] == rows, stream
     with capsys.disabled():

@@ -155,6 +155,12 @@ class MqttLink:
                 keyfile=str(config.tls.key_file) if config.tls.key_file else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
+        # Without loop_start(), paho's publish() writes to the socket from the
+        # calling thread while this link's thread may be writing too, and two
+        # threads popping the send queue can put packets on the wire out of
+        # order. A write callback, even one that does nothing, makes publish()
+        # only queue the packet and wake loop(), so one thread does all writes.
+        client.on_socket_register_write = lambda client, userdata, sock: None
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_publish = self._handle_publish

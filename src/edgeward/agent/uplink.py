@@ -130,6 +130,9 @@ class Uplink:
             )
         # Rows an earlier run handed to the client but saw no PUBACK for: they
         # go out again, and the broker may have had them already.
+        # NOTE: a lower bound. The highest handed id is stored with each
+        # sent-mark, so rows handed after the last one before a crash are not
+        # counted; only the receiver sees every duplicate.
         self.resent = unsent_through(read_connection, handed_through(read_connection))
 
         self.withheld = 0
