@@ -62,6 +62,15 @@ def test_service_starts_and_syncs(box: Container, broker: Broker) -> None:
     socket = box.run(["stat", "-c", "%a %G", "/run/edgeward/api.sock"]).stdout.split()
     assert socket == ["660", "edgeward"]
 
+    # A stream's log lines carry its name, model and data class as journal fields.
+    lines = box.run(
+        ["journalctl", "-u", "edgeward", "-o", "json", "--no-pager", "STREAM=vibration"]
+    ).stdout.splitlines()
+    assert lines
+    entry = json.loads(lines[-1])
+    assert entry["MODEL"] == "/usr/share/edgeward/models/demo_anomaly_int8.tflite"
+    assert entry["DATA_CLASS"] == "inference"
+
 
 def test_status_only_for_group_members(box: Container) -> None:
     box.run(["useradd", "--create-home", "--groups", "edgeward", "alice"])

@@ -158,6 +158,13 @@ def test_broker_restarts_three_times_during_drain(
                 120,
                 f"the drain did not reach {target} of the 60000 summaries",
             )
+            # The subscriber also gets what the broker had queued before a
+            # restart, so the daemon may not have reconnected yet.
+            wait_for(
+                lambda: client.get(socket_path, "/v1/status")["mqtt"]["connected"],
+                30,
+                "the daemon did not reconnect",
+            )
             broker.stop()
             time.sleep(1.0)
             broker.start()

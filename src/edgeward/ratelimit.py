@@ -9,7 +9,9 @@ import time
 class RateLimitedLog:
     """Log a message at most once per interval per key, with the count of repeats since."""
 
-    def __init__(self, logger: logging.Logger, interval: float) -> None:
+    def __init__(
+        self, logger: logging.Logger | logging.LoggerAdapter[logging.Logger], interval: float
+    ) -> None:
         self._logger = logger
         self._interval = interval
         self._last: dict[str, float] = {}

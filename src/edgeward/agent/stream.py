@@ -77,7 +77,13 @@ class StreamWorker:
         self._source = _open_source(stream.source, self.filter)
         self._windower = Windower(stream.window.size, stream.window.hop, channels)
         self._aggregator = SummaryAggregator(stream.name, config.summaries.interval)
-        self._errors = RateLimitedLog(log, stream.bad_input.log_interval)
+        # Each line also carries the stream, model and data class as journal
+        # fields (STREAM=, MODEL=, DATA_CLASS=), for journalctl STREAM=name.
+        self._log = logging.LoggerAdapter(
+            log,
+            {"STREAM": stream.name, "MODEL": str(model.path), "DATA_CLASS": stream.data_class},
+        )
+        self._errors = RateLimitedLog(self._log, stream.bad_input.log_interval)
 
         self.finished = threading.Event()
         self.last_result_at: float | None = None
@@ -123,7 +129,7 @@ class StreamWorker:
         }
 
     def _run(self) -> None:
-        log.info(
+        self._log.info(
             "stream %s started (source %s, model %s)",
             self.name,
             self.stream.source.type,
@@ -137,11 +143,13 @@ class StreamWorker:
                 times, values = chunk
                 self._process(self._windower.push(times, values))
         except Exception:
-            log.exception("stream %s stopped on an unexpected error", self.name)
+            self._log.exception("stream %s stopped on an unexpected error", self.name)
         finally:
             self._emit(self._aggregator.flush())
             self.finished.set()
-            log.info("stream %s stopped after %d windows", self.name, self.filter.counters.windows)
+            self._log.info(
+                "stream %s stopped after %d windows", self.name, self.filter.counters.windows
+            )
 
     def _process(self, windows: list[tuple[float, np.ndarray[Any, Any]]]) -> None:
         if not windows:
@@ -251,7 +259,7 @@ class StreamWorker:
         if missing is None:
             if data_class in self._withholding:
                 self._withholding.discard(data_class)
-                log.info(
+                self._log.info(
                     "stream %s: storing data of class %s again: consent is in force",
                     self.name,
                     data_class,
@@ -259,7 +267,7 @@ class StreamWorker:
             return True
         if data_class not in self._withholding:
             self._withholding.add(data_class)
-            log.warning(
+            self._log.warning(
                 "stream %s: not storing data of class %s: subject %s has no consent in force "
                 "for purpose %s (edgeward consent grant)",
                 self.name,
