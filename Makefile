@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.bootstrapped
 
-.PHONY: demo test test-unit lint typecheck bench clean deb test-system apt-install
+.PHONY: demo test test-unit lint typecheck bench bench-service clean deb test-system apt-install
 
 $(STAMP): pyproject.toml tools/bootstrap.sh
 	PYTHON=$(PYTHON) tools/bootstrap.sh $(VENV)
@@ -52,6 +52,10 @@ test-system: $(STAMP) deb
 	@if [ "$$(id -u)" != 0 ]; then echo "make test-system needs root (debootstrap, systemd-nspawn)"; exit 1; fi
 	@$(MAKE) --no-print-directory apt-install PACKAGES="$(SYSTEM_TEST_DEPS)"
 	$(BIN)/python -m pytest -q systemtests
+
+# Inference inside the hardened unit against outside it, in the test container.
+bench-service: $(STAMP) deb
+	$(BIN)/python benchmarks/hardened.py
 
 # Install the Debian packages in PACKAGES that are missing, when run as root.
 apt-install:
