@@ -88,3 +88,24 @@ def test_local_class_never_reaches_broker(
     assert local_alerts >= 1
     assert sent == 0
     assert withheld > 0
+
+
+def test_disabled_uplink_queues_nothing(tmp_path: Path) -> None:
+    streams = STREAM.format(
+        name="shared", seed=1, model=MODELS / "demo_anomaly_int8.tflite", summary_class="summary"
+    )
+    config = tmp_path / "edgeward.yaml"
+    text = CONFIG.format(tmp=tmp_path, port=1883, streams=streams)
+    config.write_text(text.replace("mqtt: {host: 127.0.0.1, port: 1883}", "mqtt: {enabled: false}"))
+    daemon = DaemonProcess(config, "--duration", "4")
+    assert daemon.wait(timeout=60) == 0, daemon.stderr
+
+    key = derive_key(load_master_key(tmp_path / "master.key"), DATABASE_KEY_INFO)
+    connection = open_database(tmp_path / "edgeward.db", key)
+    rows, waiting = connection.execute(
+        "SELECT count(*), count(*) FILTER (WHERE withheld_at IS NULL) FROM outbox"
+    ).fetchone()
+    connection.close()
+    # Summaries and alerts are kept, but none waits to be sent, so retention may prune them.
+    assert rows >= 2
+    assert waiting == 0

@@ -57,6 +57,8 @@ class StreamWorker:
         self._topic = summary_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
         self._seq = last_seq
         self._alert_topic = alert_topic(config.mqtt.topic_prefix, config.device_id, stream.name)
+        # With the uplink disabled, summaries and alerts stay on the device.
+        self._local_only = not config.mqtt.enabled
         self._alert_seq = last_alert_seq
         self._alert_class = stream.alert_class or stream.summary_class
         # Stream time of the last alert; the next one comes alert_interval later at the earliest.
@@ -231,6 +233,7 @@ class StreamWorker:
                 message_id=message_id,
                 topic=self._alert_topic,
                 payload=payload,
+                local_only=self._local_only,
             )
         )
 
@@ -307,6 +310,7 @@ class StreamWorker:
                 message_id=message_id,
                 topic=self._topic,
                 payload=payload,
+                local_only=self._local_only,
             )
         )
 

@@ -47,6 +47,9 @@ class SummaryRow:
     message_id: str
     topic: str
     payload: bytes
+    # True when the uplink is disabled: the outbox row is stored as withheld,
+    # so it never waits to be sent and retention may prune it.
+    local_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class AlertRow:
     message_id: str
     topic: str
     payload: bytes
+    # As SummaryRow.local_only.
+    local_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -573,8 +573,17 @@ def _insert_summary(connection: Any, s: SummaryRow) -> None:
     )
     connection.execute(
         "INSERT INTO outbox (kind, summary_id, stream, data_class, message_id, topic, payload,"
-        " created_at) VALUES ('summary', ?, ?, ?, ?, ?, ?, ?)",
-        (cursor.lastrowid, s.stream, s.data_class, s.message_id, s.topic, s.payload, s.created_at),
+        " created_at, withheld_at) VALUES ('summary', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            cursor.lastrowid,
+            s.stream,
+            s.data_class,
+            s.message_id,
+            s.topic,
+            s.payload,
+            s.created_at,
+            s.created_at if s.local_only else None,
+        ),
     )
 
 
@@ -586,6 +595,15 @@ def _insert_alert(connection: Any, a: AlertRow) -> None:
     )
     connection.execute(
         "INSERT INTO outbox (kind, alert_id, stream, data_class, message_id, topic, payload,"
-        " created_at) VALUES ('alert', ?, ?, ?, ?, ?, ?, ?)",
-        (cursor.lastrowid, a.stream, a.data_class, a.message_id, a.topic, a.payload, a.detected_at),
+        " created_at, withheld_at) VALUES ('alert', ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            cursor.lastrowid,
+            a.stream,
+            a.data_class,
+            a.message_id,
+            a.topic,
+            a.payload,
+            a.detected_at,
+            a.detected_at if a.local_only else None,
+        ),
     )
