@@ -16,7 +16,7 @@ Both parts start their own mosquitto on a free loopback port.
    read from the daemon's status every 0.1 s. The raw limit is one paho
    client that publishes the same payloads, one per message, to the same
    broker with QoS 1 and at most the daemon's max_inflight unacknowledged,
-   timed from the first publish() to the last PUBACK. Nobody subscribes during this part, so
+   timed from the first publish() to the last PUBACK. No client subscribes during this part, so
    the broker's delivery costs are the same for both. The daemon runs
    twice: with batch_max 1 (one summary per message, as the bare client)
    and with the default batch_max of 20.

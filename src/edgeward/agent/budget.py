@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -28,19 +29,27 @@ class ByteBudget:
         self._clock = clock
         self._spent: deque[tuple[float, int]] = deque()
         self._total = 0
+        # The uplink thread spends and waits while API threads read `used`.
+        self._lock = threading.Lock()
 
     def seed(self, entries: Iterable[tuple[float, int]]) -> None:
         """Count bytes published before this start; each entry is (seconds ago, bytes)."""
         now = self._clock()
-        for age, size in sorted(entries, key=lambda entry: -entry[0]):
-            if age < self._period:
-                self._spent.append((now - age, size))
-                self._total += size
+        with self._lock:
+            for age, size in sorted(entries, key=lambda entry: -entry[0]):
+                if age < self._period:
+                    self._spent.append((now - age, size))
+                    self._total += size
 
     def wait(self, size: int, alert: bool) -> float:
         """Return 0 when a message of `size` bytes may go now, else the seconds until it may."""
         if self.limit is None:
             return 0.0
+        with self._lock:
+            return self._wait(size, alert)
+
+    def _wait(self, size: int, alert: bool) -> float:
+        assert self.limit is not None
         now = self._clock()
         self._expire(now)
         allowance = self.limit if alert else self.limit * (1.0 - self._alert_share)
@@ -57,14 +66,16 @@ class ByteBudget:
     def spend(self, size: int) -> None:
         if self.limit is None:
             return
-        self._spent.append((self._clock(), size))
-        self._total += size
+        with self._lock:
+            self._spent.append((self._clock(), size))
+            self._total += size
 
     @property
     def used(self) -> int:
         """Bytes published in the current window."""
-        self._expire(self._clock())
-        return self._total
+        with self._lock:
+            self._expire(self._clock())
+            return self._total
 
     def _expire(self, now: float) -> None:
         while self._spent and self._spent[0][0] <= now - self._period:

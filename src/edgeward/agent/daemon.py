@@ -200,18 +200,7 @@ class Daemon:
         self.ledger = ConsentLedger(config, self.writer, ledger_connection, self.keystore)
         self.ledger.apply_config_grants()
         for stream, model in zip(config.streams, models, strict=True):
-            self.workers.append(
-                StreamWorker(
-                    config,
-                    stream,
-                    model,
-                    self.writer,
-                    sequences.get(stream.name, 0),
-                    self.ledger,
-                    self.keystore,
-                    alert_sequences.get(stream.name, 0),
-                )
-            )
+            self.workers.append(self._new_worker(config, stream, model, sequences, alert_sequences))
 
         self.pruner = Pruner(config, self.writer, self._reader(key), threading.Lock())
         self.pruner.start()
@@ -362,16 +351,7 @@ class Daemon:
             if stream.name in kept:
                 workers.append(kept[stream.name])
                 continue
-            worker = StreamWorker(
-                new,
-                stream,
-                model,
-                self.writer,
-                sequences.get(stream.name, 0),
-                self.ledger,
-                self.keystore,
-                alert_sequences.get(stream.name, 0),
-            )
+            worker = self._new_worker(new, stream, model, sequences, alert_sequences)
             workers.append(worker)
             started.append(worker)
         self.workers = workers
@@ -385,10 +365,31 @@ class Daemon:
             len(stopping),
         )
 
+    def _new_worker(
+        self,
+        config: Config,
+        stream: StreamConfig,
+        model: Model,
+        sequences: dict[str, int],
+        alert_sequences: dict[str, int],
+    ) -> StreamWorker:
+        """Build a stream's worker that continues its stored summary and alert sequences."""
+        assert self.writer is not None
+        return StreamWorker(
+            config,
+            stream,
+            model,
+            self.writer,
+            sequences.get(stream.name, 0),
+            self.ledger,
+            self.keystore,
+            alert_sequences.get(stream.name, 0),
+        )
+
     def _uplink_status(self) -> dict[str, Any]:
         if self.uplink is not None:
             return self.uplink.status()
-        # The API answers before the uplink exists, while the daemon starts.
+        # The API serves requests before the uplink exists, while the daemon starts.
         return {"enabled": self.config.mqtt.enabled, "connected": False}
 
     def _subject_of(self, stream: str) -> str:

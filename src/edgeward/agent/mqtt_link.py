@@ -259,6 +259,6 @@ class MqttLink:
     def _handle_publish(
         self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, properties: Any
     ) -> None:
-        # An MQTT 5 PUBACK can carry a failure, "not authorized" say: the message was not accepted.
+        # An MQTT 5 PUBACK can carry a failure code, such as "Not authorized", for a rejected message.
         failure = str(reason) if reason is not None and reason.is_failure else None
         self._on_publish(mid, failure)

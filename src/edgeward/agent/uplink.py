@@ -2,7 +2,7 @@
 
 Store-and-forward: a summary or alert is in the outbox before it is
 published, and its row is marked sent only when the broker acknowledges it.
-paho re-sends in-flight messages after a reconnect; rows never handed to
+paho re-sends in-flight messages after a reconnect. Rows never handed to
 paho, or left unacknowledged when the daemon stopped, are published again on
 the next start. A receiver drops duplicates by message_id.
 
@@ -132,7 +132,7 @@ class Uplink:
         # go out again, and the broker may have had them already.
         # NOTE: a lower bound. The highest handed id is stored with each
         # sent-mark, so rows handed after the last one before a crash are not
-        # counted; only the receiver sees every duplicate.
+        # counted. Only the receiver can count every duplicate.
         self.resent = unsent_through(read_connection, handed_through(read_connection))
 
         self.withheld = 0
@@ -346,7 +346,7 @@ class Uplink:
         return message
 
     def _hold(self, message: Message, wait: float) -> None:
-        """Note that the byte budget holds `message` back for `wait` seconds."""
+        """Record that the byte budget delays `message` by `wait` seconds, and log it."""
         self._sleep = min(self._sleep, wait)
         if self._held_since is None:
             self._held_since = time.time()

@@ -94,7 +94,7 @@ def _configure(connection: Connection, cache_kib: int) -> None:
     connection.execute("PRAGMA busy_timeout = 5000")
     connection.execute(f"PRAGMA cache_size = -{cache_kib}")
     # Checkpoint every 1 MiB of WAL instead of 4 MiB, and truncate the WAL
-    # file back to 1 MiB after a checkpoint: on a nearly full disk a large
+    # file back to 1 MiB after a checkpoint. On a nearly full disk a large
     # WAL left no room for the checkpoint that would have freed it.
     connection.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
     connection.execute(f"PRAGMA journal_size_limit = {WAL_CHECKPOINT_PAGES * 4096}")
